@@ -1,0 +1,69 @@
+# timebank: `make run` serves the API on http://127.0.0.1:8000 (SQLite file ./timebank.db);
+# `make test` runs every check CI runs. Both create .venv and install the locked dependencies.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+LOCK   := requirements/dev.lock
+STAMP  := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
+PG_TEST_URL ?= $(or $(TIMEBANK_TEST_DATABASE_URL),postgresql+asyncpg://postgres@127.0.0.1:5432/test)
+COVERAGE_FLOOR := 85
+
+.PHONY: install run test lint typecheck migrations-check openapi-check test-sqlite test-postgres \
+        openapi fmt lock bench clean
+
+$(STAMP): $(LOCK) pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/timebank serve --host 127.0.0.1 --port 8000
+
+test: install lint typecheck migrations-check openapi-check test-sqlite test-postgres
+	$(BIN)/coverage report --fail-under=$(COVERAGE_FLOOR)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+# Migrations build an empty database to head, and the models agree with them (alembic check).
+migrations-check: install
+	@rm -f .migrations-check.db
+	TIMEBANK_DATABASE_URL=sqlite+aiosqlite:///.migrations-check.db $(BIN)/alembic upgrade head
+	TIMEBANK_DATABASE_URL=sqlite+aiosqlite:///.migrations-check.db $(BIN)/alembic check
+	@rm -f .migrations-check.db*
+	TIMEBANK_TEST_DATABASE_URL=$(PG_TEST_URL) $(BIN)/python -m tests.migration_check
+
+openapi-check: install
+	$(BIN)/timebank openapi --check
+
+test-sqlite: install
+	TIMEBANK_TEST_BACKEND=sqlite $(BIN)/pytest --cov --cov-branch --cov-report= -p no:cacheprovider
+
+test-postgres: install
+	TIMEBANK_TEST_BACKEND=postgresql TIMEBANK_TEST_DATABASE_URL=$(PG_TEST_URL) \
+		$(BIN)/pytest --cov --cov-branch --cov-append --cov-report= -p no:cacheprovider
+
+openapi: install
+	$(BIN)/timebank openapi
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Re-pin every dependency (needs the package index).
+lock: install
+	$(BIN)/pip-compile --quiet --strip-extras --extra dev -o requirements/dev.lock pyproject.toml
+	$(BIN)/pip-compile --quiet --strip-extras -o requirements/runtime.lock pyproject.toml
+
+clean:
+	rm -rf $(VENV) .coverage .mypy_cache .ruff_cache .pytest_cache

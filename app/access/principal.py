@@ -1,0 +1,121 @@
+"""Who is asking: a signed-in user or a partner client, resolved from the bearer token."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy import select
+
+from app.access.errors import InvalidToken, NotAUser, NotPlatformAdmin
+from app.core.database import DbSession
+from app.core.ids import parse_id
+from app.core.security import TokenError, TokenService
+from app.models import ApiClient, User
+
+oauth2_scheme = OAuth2PasswordBearer(
+    tokenUrl="/v1/auth/token",
+    auto_error=False,
+    scopes={
+        "community:read": "Read the community's profile",
+        "members:read": "Read members",
+        "members:write": "Add and update members",
+        "ledger:read": "Read accounts, statements and transactions",
+        "ledger:write": "Post and reverse transactions",
+        "exchanges:read": "Read listings and exchanges",
+        "exchanges:write": "Record exchanges, donations and grants",
+        "network:read": "Read the support network and reports",
+    },
+)
+
+USER_SUBJECT_PREFIX = "user:"
+CLIENT_SUBJECT_PREFIX = "client:"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Exactly one of ``user`` and ``client`` is set."""
+
+    user: User | None
+    client: ApiClient | None
+    scopes: frozenset[str]
+
+    @property
+    def is_platform_admin(self) -> bool:
+        return self.user is not None and self.user.is_platform_admin
+
+    @property
+    def idempotency_scope(self) -> str:
+        if self.user is not None:
+            return f"user:{self.user.id}"
+        assert self.client is not None
+        return f"client:{self.client.id}"
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes
+
+
+async def get_principal(
+    request: Request,
+    session: DbSession,
+    token: Annotated[str | None, Depends(oauth2_scheme)],
+) -> Principal:
+    if not token:
+        raise InvalidToken("This route needs a bearer access token (POST /v1/auth/token).")
+    tokens: TokenService = request.app.state.tokens
+    try:
+        claims = tokens.decode_access_token(token)
+    except TokenError as exc:
+        raise InvalidToken(f"The access token was refused: {exc}.") from exc
+
+    subject = claims.subject
+    if subject.startswith(USER_SUBJECT_PREFIX):
+        user_id = parse_id(subject.removeprefix(USER_SUBJECT_PREFIX))
+        user = await session.get(User, user_id) if user_id else None
+        if user is None or not user.is_active:
+            raise InvalidToken("The access token's user no longer exists or is disabled.")
+        return Principal(user=user, client=None, scopes=frozenset())
+    if subject.startswith(CLIENT_SUBJECT_PREFIX):
+        client_uuid = parse_id(subject.removeprefix(CLIENT_SUBJECT_PREFIX))
+        client = (
+            await session.scalar(select(ApiClient).where(ApiClient.id == client_uuid))
+            if client_uuid
+            else None
+        )
+        if client is None or client.revoked_at is not None:
+            raise InvalidToken("The access token's client has been revoked.")
+        # A token never carries more than the client holds now.
+        return Principal(user=None, client=client, scopes=claims.scopes & frozenset(client.scopes))
+    raise InvalidToken("The access token's subject is not recognised.")
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_current_user(principal: CurrentPrincipal) -> User:
+    if principal.user is None:
+        raise NotAUser("This route is for signed-in people, not partner clients.")
+    return principal.user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+def user_subject(user_id: uuid.UUID) -> str:
+    return f"{USER_SUBJECT_PREFIX}{user_id}"
+
+
+def client_subject(client_id: uuid.UUID) -> str:
+    return f"{CLIENT_SUBJECT_PREFIX}{client_id}"
+
+
+async def get_platform_admin(principal: CurrentPrincipal) -> User:
+    if principal.user is None or not principal.user.is_platform_admin:
+        raise NotPlatformAdmin("Only platform admins may do this.")
+    return principal.user
+
+
+PlatformAdmin = Annotated[User, Depends(get_platform_admin)]

@@ -1,0 +1,149 @@
+"""The ``timebank`` command: serve, migrate, create-admin, seed-demo, openapi."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from app.core.config import get_settings
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+OPENAPI_PATH = PROJECT_ROOT / "openapi" / "openapi.json"
+
+
+def alembic_config(url: str | None = None) -> Config:
+    config = Config(str(PROJECT_ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    if url:
+        config.attributes["url"] = url
+    return config
+
+
+def migrate(url: str | None = None, revision: str = "head") -> None:
+    command.upgrade(alembic_config(url), revision)
+
+
+def render_openapi() -> str:
+    from app.main import create_app
+
+    return json.dumps(create_app().openapi(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if not args.no_migrate:
+        migrate()
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        proxy_headers=True,
+        access_log=False,
+        log_level="warning",
+    )
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    migrate(revision=args.revision)
+    print(f"database at {args.revision}")
+    return 0
+
+
+def _cmd_openapi(args: argparse.Namespace) -> int:
+    document = render_openapi()
+    if args.check:
+        current = OPENAPI_PATH.read_text() if OPENAPI_PATH.exists() else ""
+        if current != document:
+            print("openapi/openapi.json is out of date: run `make openapi`", file=sys.stderr)
+            return 1
+        print("openapi/openapi.json matches the app")
+        return 0
+    if args.stdout:
+        sys.stdout.write(document)
+    else:
+        OPENAPI_PATH.parent.mkdir(exist_ok=True)
+        OPENAPI_PATH.write_text(document)
+        print(f"wrote {OPENAPI_PATH.relative_to(PROJECT_ROOT)}")
+    return 0
+
+
+def _cmd_create_admin(args: argparse.Namespace) -> int:
+    from app.cli_tasks import create_platform_admin
+
+    password = args.password or os.environ.get("TIMEBANK_ADMIN_PASSWORD")
+    if not password:
+        password = getpass.getpass("Password for the new platform admin: ")
+    if len(password) < 10:
+        print("the password must have at least 10 characters", file=sys.stderr)
+        return 2
+    try:
+        user_id = asyncio.run(create_platform_admin(get_settings(), args.email, password))
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    print(f"platform admin {args.email} ready (user {user_id})")
+    return 0
+
+
+def _cmd_seed_demo(args: argparse.Namespace) -> int:
+    from app.cli_tasks import seed_demo
+
+    summary = asyncio.run(seed_demo(get_settings(), password=args.password))
+    print(summary)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="timebank", description="Run and manage a timebank service."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="migrate the database, then serve the API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--no-migrate", action="store_true", help="skip `alembic upgrade head`")
+    serve.set_defaults(handler=_cmd_serve)
+
+    mig = sub.add_parser("migrate", help="upgrade the database schema")
+    mig.add_argument("revision", nargs="?", default="head")
+    mig.set_defaults(handler=_cmd_migrate)
+
+    admin = sub.add_parser("create-admin", help="create (or promote) a platform admin")
+    admin.add_argument("email")
+    admin.add_argument("--password", help="default: $TIMEBANK_ADMIN_PASSWORD, else asked for")
+    admin.set_defaults(handler=_cmd_create_admin)
+
+    seed = sub.add_parser("seed-demo", help="create a small realistic demo community")
+    seed.add_argument("--password", default="timebank-demo", help="password of every demo login")
+    seed.set_defaults(handler=_cmd_seed_demo)
+
+    api = sub.add_parser("openapi", help="write openapi/openapi.json from the app")
+    api.add_argument("--check", action="store_true", help="exit 1 if the committed file differs")
+    api.add_argument("--stdout", action="store_true")
+    api.set_defaults(handler=_cmd_openapi)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.handler(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""Work the CLI does against the database, outside any HTTP request."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+
+from app.core.clock import utcnow
+from app.core.config import Settings
+from app.core.database import create_engine, create_sessionmaker
+from app.core.security import PasswordService
+from app.identity import service
+from app.identity.schemas import CommunityCreate, CreatorMembership
+from app.ledger.accounts import open_member_account
+from app.models import Community, Member
+from app.models.identity import MemberKind, MemberRole, MemberStatus
+
+
+async def create_platform_admin(settings: Settings, email: str, password: str) -> uuid.UUID:
+    engine = create_engine(settings)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            passwords = PasswordService(settings)
+            user = await service.find_user_by_email(session, email)
+            if user is None:
+                user = await service.create_user(
+                    session, passwords, email, password, is_platform_admin=True
+                )
+            else:
+                user.is_platform_admin = True
+                user.password_hash = passwords.hash(password)
+            return user.id
+    finally:
+        await engine.dispose()
+
+
+DEMO_SLUG = "riverside"
+DEMO_PEOPLE: list[tuple[str, MemberKind, MemberRole, list[str], list[str]]] = [
+    (
+        "Maggie (coordinator)",
+        MemberKind.professional,
+        MemberRole.coordinator,
+        ["organising"],
+        ["it help"],
+    ),
+    (
+        "Dr Amina Okafor (GP)",
+        MemberKind.professional,
+        MemberRole.member,
+        ["first aid"],
+        ["gardening"],
+    ),
+    (
+        "Tom Reilly (practice nurse)",
+        MemberKind.professional,
+        MemberRole.member,
+        ["health and wellbeing"],
+        ["transport"],
+    ),
+    ("Joan Price", MemberKind.citizen, MemberRole.member, ["gardening", "baking"], ["shopping"]),
+    (
+        "Dev Sharma",
+        MemberKind.citizen,
+        MemberRole.member,
+        ["it help", "teaching"],
+        ["companionship"],
+    ),
+    ("Ellie Brooks", MemberKind.citizen, MemberRole.member, ["companionship"], ["household"]),
+    (
+        "Kwame Mensah",
+        MemberKind.citizen,
+        MemberRole.member,
+        ["transport", "household"],
+        ["teaching"],
+    ),
+    ("Rosa Lima", MemberKind.citizen, MemberRole.member, ["creative"], ["gardening"]),
+    (
+        "Riverside Library",
+        MemberKind.organization,
+        MemberRole.member,
+        ["admin/office"],
+        ["teaching"],
+    ),
+]
+
+
+async def seed_demo(settings: Settings, *, password: str) -> str:
+    """A small community so a newcomer sees data at once. Safe to run twice."""
+    engine = create_engine(settings)
+    passwords = PasswordService(settings)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            if await session.scalar(select(Community.id).where(Community.slug == DEMO_SLUG)):
+                return f"demo community '{DEMO_SLUG}' already exists"
+            admin_email = "admin@riverside.example"
+            admin = await service.find_user_by_email(session, admin_email)
+            if admin is None:
+                admin = await service.create_user(
+                    session, passwords, admin_email, password, is_platform_admin=True
+                )
+            community = await service.create_community(
+                session,
+                admin,
+                CommunityCreate(
+                    slug=DEMO_SLUG,
+                    name="Riverside Time Bank",
+                    description="Neighbours, the GP practice and the library trading hours.",
+                    timezone="Europe/London",
+                    creator_member=CreatorMembership(
+                        display_name="Riverside admin", kind=MemberKind.professional
+                    ),
+                ),
+            )
+            logins = [admin_email]
+            for index, (name, kind, role, skills, needs) in enumerate(DEMO_PEOPLE):
+                user_id = None
+                if index < 6:  # the rest have no login: a coordinator acts for them
+                    email = f"{name.split()[0].lower().strip('(')}@riverside.example"
+                    user = await service.create_user(session, passwords, email, password)
+                    user_id = user.id
+                    logins.append(email)
+                member = Member(
+                    community_id=community.id,
+                    user_id=user_id,
+                    display_name=name,
+                    kind=kind.value,
+                    role=role.value,
+                    status=MemberStatus.active.value,
+                    skills=skills,
+                    needs=needs,
+                    joined_at=utcnow(),
+                )
+                session.add(member)
+                await session.flush()
+                await open_member_account(session, community, member)
+        return (
+            f"seeded community '{DEMO_SLUG}' ({community.id}) with {len(DEMO_PEOPLE) + 1} members; "
+            f"logins (password {password!r}): {', '.join(logins)}"
+        )
+    finally:
+        await engine.dispose()

@@ -1,0 +1,104 @@
+"""Engine, sessions and the one unit of work per request.
+
+SQLite is the embedded default: WAL, a busy timeout, and ``BEGIN IMMEDIATE`` so that writers
+are serialised by the database instead of failing half way. PostgreSQL is the production
+database; the ledger locks account rows there (see ``app/ledger``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from app.core.config import Settings
+from app.core.errors import DomainError
+
+
+def normalise_database_url(raw: str) -> URL:
+    """Accept the URLs people paste (``postgres://``, ``postgresql://``, ``sqlite://``) and
+    return the async-driver form this service runs on."""
+    url = make_url(raw)
+    backend = url.get_backend_name()
+    if backend in {"postgres", "postgresql"} and url.drivername != "postgresql+asyncpg":
+        url = url.set(drivername="postgresql+asyncpg")
+    elif backend == "sqlite" and url.drivername != "sqlite+aiosqlite":
+        url = url.set(drivername="sqlite+aiosqlite")
+    return url
+
+
+def create_engine(settings: Settings, *, url: str | None = None) -> AsyncEngine:
+    db_url = normalise_database_url(url or settings.database_url)
+    if db_url.get_backend_name() == "sqlite":
+        engine = create_async_engine(
+            db_url,
+            echo=settings.database_echo,
+            connect_args={"timeout": settings.sqlite_busy_timeout_ms / 1000},
+        )
+        _configure_sqlite(engine, settings.sqlite_busy_timeout_ms)
+        return engine
+    return create_async_engine(
+        db_url,
+        echo=settings.database_echo,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_pool_size,
+        pool_pre_ping=True,
+    )
+
+
+def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # Take the write lock up front: a deferred transaction that later writes can fail with
+        # SQLITE_BUSY without waiting, which would turn a busy moment into an error.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """The request's unit of work: committed when the handler returns, rolled back on error.
+
+    Declared with ``scope="function"`` so the commit happens before the response is built:
+    a client never sees success for work that failed to commit.
+    """
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    async with sessionmaker() as session:
+        try:
+            yield session
+        except DomainError as exc:
+            if exc.persist_changes:
+                await session.commit()
+            else:
+                await session.rollback()
+            raise
+        except BaseException:
+            await session.rollback()
+            raise
+        else:
+            await session.commit()
+
+
+DbSession = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -1,0 +1,170 @@
+"""create_app(): settings, lifespan (engine and sessionmaker), middleware, routers, errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from sqlalchemy import text
+
+from app.core.config import Settings, get_settings
+from app.core.database import create_engine, create_sessionmaker
+from app.core.errors import DomainError, Problem, error_responses, install_error_handlers
+from app.core.observability import Metrics, RequestContextMiddleware, configure_logging
+from app.core.security import PasswordService, TokenService
+from app.identity.auth import AuthServices
+from app.identity.login_throttle import LoginThrottle
+from app.identity.router import auth_router
+from app.identity.router import router as identity_router
+
+API_DESCRIPTION = """\
+The books of a community time bank: a double-entry ledger of hours kept in whole minutes,
+reciprocal exchanges between members, and the support network they build.
+
+Every error is an RFC 9457 `application/problem+json` document with a stable `code`.
+Lists are cursor-paginated (`limit`, `cursor` → `next_cursor`). Writes that move hours take
+an `Idempotency-Key` header.
+"""
+
+
+class DatabaseUnavailable(DomainError):
+    status = 503
+    code = "database_unavailable"
+    title = "Database unavailable"
+
+
+class Health(BaseModel):
+    status: str
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, json_logs=settings.log_json)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        app.state.engine = engine
+        app.state.sessionmaker = create_sessionmaker(engine)
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="timebank",
+        version="1.0.0",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "auth", "description": "Sign-in, tokens and the current user"},
+            {"name": "communities", "description": "Time banks (tenants)"},
+            {
+                "name": "members",
+                "description": "Memberships: citizens, professionals, organisations",
+            },
+            {
+                "name": "partner clients",
+                "description": "Client-credentials access for partner services",
+            },
+            {"name": "operations", "description": "Health, readiness and metrics"},
+        ],
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    passwords = PasswordService(settings)
+    tokens = TokenService(settings)
+    app.state.tokens = tokens
+    app.state.auth = AuthServices(
+        settings=settings,
+        passwords=passwords,
+        tokens=tokens,
+        throttle=LoginThrottle(
+            window_seconds=settings.login_window_seconds,
+            per_account=settings.login_max_failures_per_account,
+            per_address=settings.login_max_failures_per_address,
+        ),
+    )
+
+    install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Idempotency-Replayed", "Retry-After"],
+            max_age=600,
+        )
+    app.add_middleware(
+        RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_request_body_bytes
+    )
+
+    app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]
+    app.include_router(auth_router)
+    app.include_router(identity_router)
+    _add_operations_routes(app)
+    return app
+
+
+def _openapi_with_problems(app: FastAPI) -> dict[str, Any]:
+    """The generated schema plus the Problem document every error response refers to."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+            tags=app.openapi_tags,
+        )
+        definitions = models_json_schema(
+            [(Problem, "serialization")], ref_template="#/components/schemas/{model}"
+        )[1]
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update(definitions.get("$defs", {}))
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def _add_operations_routes(app: FastAPI) -> None:
+    @app.get("/healthz", tags=["operations"], operation_id="healthz", response_model=Health)
+    async def healthz() -> Health:
+        """The process is up."""
+        return Health(status="ok")
+
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        operation_id="readyz",
+        response_model=Health,
+        responses=error_responses(DatabaseUnavailable),
+    )
+    async def readyz(request: Request) -> Health:
+        """The database answers."""
+        try:
+            async with request.app.state.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            raise DatabaseUnavailable("The database did not answer.") from exc
+        return Health(status="ok")
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        operation_id="metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    )
+    async def metrics(request: Request) -> Response:
+        """Request counts and latencies by route, in Prometheus text format."""
+        return Response(
+            generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+        )

@@ -1,0 +1,25 @@
+"""All ORM models, one module per feature, imported here so metadata is complete."""
+
+from app.models.base import Base
+from app.models.identity import ApiClient, Community, Member, RefreshToken, User
+from app.models.ledger import (
+    Account,
+    AccountLimitChange,
+    Entry,
+    IdempotencyRecord,
+    Transaction,
+)
+
+__all__ = [
+    "Account",
+    "AccountLimitChange",
+    "ApiClient",
+    "Base",
+    "Community",
+    "Entry",
+    "IdempotencyRecord",
+    "Member",
+    "RefreshToken",
+    "Transaction",
+    "User",
+]

@@ -23,6 +23,7 @@ from app.identity.auth import AuthServices
 from app.identity.login_throttle import LoginThrottle
 from app.identity.router import auth_router
 from app.identity.router import router as identity_router
+from app.ledger.router import router as ledger_router
 
 API_DESCRIPTION = """\
 The books of a community time bank: a double-entry ledger of hours kept in whole minutes,
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]
     app.include_router(auth_router)
     app.include_router(identity_router)
+    app.include_router(ledger_router)
     _add_operations_routes(app)
     return app
 

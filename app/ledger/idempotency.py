@@ -1,0 +1,127 @@
+"""Idempotency keys: one key, one outcome.
+
+The record is written in the same database transaction as the posting it describes, so a
+crash can never leave a posting without its record or a record without its posting.
+
+- same key, same request: the stored response is replayed (``Idempotency-Replayed: true``);
+- same key, different request: 422 ``idempotency_key_reused``;
+- same key while the first request is still running: 409 ``idempotency_in_progress``
+  (PostgreSQL: the first request holds a transaction-scoped advisory lock on the key; SQLite
+  runs one writer at a time, so the second request simply waits and then replays).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import delete, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.clock import utcnow
+from app.ledger import errors
+from app.models import IdempotencyRecord
+
+RETENTION = timedelta(hours=48)  # at least 24 h, as promised to clients
+MAX_KEY_LENGTH = 255
+
+
+@dataclass(frozen=True)
+class IdempotencyKey:
+    principal: str  # keys are scoped per user or client
+    key: str
+    method: str
+    path: str
+    request_hash: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int
+    body: str  # JSON text, exactly as first sent
+    replayed: bool
+
+
+def request_fingerprint(method: str, path: str, payload: BaseModel | dict[str, Any] | None) -> str:
+    """A stable hash of what the request asks for (field order and whitespace do not count)."""
+    data = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else payload
+    canonical = json.dumps(
+        {"m": method, "p": path, "b": data}, sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _lock_id(principal: str, key: str) -> int:
+    digest = hashlib.sha256(f"{principal}\x1f{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+async def run_idempotent(
+    session: AsyncSession,
+    key: IdempotencyKey | None,
+    operation: Callable[[], Awaitable[tuple[int, BaseModel, uuid.UUID | None]]],
+) -> Outcome:
+    """Run ``operation`` once per key; it returns (status, response model, transaction id)."""
+    if key is None:
+        status, model, _ = await operation()
+        return Outcome(status=status, body=model.model_dump_json(), replayed=False)
+
+    if session.get_bind().dialect.name == "postgresql":
+        locked = await session.scalar(
+            text("SELECT pg_try_advisory_xact_lock(:lock_id)"),
+            {"lock_id": _lock_id(key.principal, key.key)},
+        )
+        if not locked:
+            raise errors.IdempotencyInProgress(
+                "The first request with this Idempotency-Key has not finished; retry shortly."
+            )
+
+    existing = await session.scalar(
+        select(IdempotencyRecord).where(
+            IdempotencyRecord.principal == key.principal, IdempotencyRecord.key == key.key
+        )
+    )
+    if existing is not None and existing.expires_at > utcnow():
+        if existing.request_hash != key.request_hash:
+            raise errors.IdempotencyKeyReused(
+                "This Idempotency-Key was used for a different request; use a new key."
+            )
+        return Outcome(status=existing.response_status, body=existing.response_body, replayed=True)
+    if existing is not None:  # expired: the key may be used afresh
+        await session.delete(existing)
+        await session.flush()
+
+    status, model, transaction_id = await operation()
+    body = model.model_dump_json()
+    session.add(
+        IdempotencyRecord(
+            principal=key.principal,
+            key=key.key,
+            request_hash=key.request_hash,
+            method=key.method,
+            path=key.path,
+            response_status=status,
+            response_body=body,
+            transaction_id=transaction_id,
+            expires_at=utcnow() + RETENTION,
+        )
+    )
+    try:
+        await session.flush()
+    except IntegrityError as exc:  # pragma: no cover - the advisory lock / single writer prevent it
+        raise errors.IdempotencyInProgress("A concurrent request used this key; retry.") from exc
+    return Outcome(status=status, body=body, replayed=False)
+
+
+async def purge_expired(session: AsyncSession) -> int:
+    result = await session.execute(
+        delete(IdempotencyRecord).where(IdempotencyRecord.expires_at <= utcnow())
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

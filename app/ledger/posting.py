@@ -1,0 +1,417 @@
+"""The posting engine: the only code that writes entries.
+
+A posting is a balanced set of signed minute amounts on accounts of one community. The engine
+
+1. checks the shape (>= 2 entries, none zero, each within bounds, no account twice, sum 0);
+2. locks the affected accounts in ascending id order (``SELECT ... FOR UPDATE`` on PostgreSQL;
+   SQLite already runs one writer at a time via ``BEGIN IMMEDIATE``), so concurrent postings
+   never deadlock and never read a stale balance;
+3. applies each posting to the locked balances in memory, refusing one that takes an account
+   past a limit (unless it moves an out-of-range balance toward its range);
+4. writes transactions, entries and account totals in three bulk statements.
+
+Many postings go through one call (the batch route, imports), so a thousand transfers cost
+three statements, not three thousand. On PostgreSQL a deadlock or serialization failure rolls
+back to a savepoint and the engine retries a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.clock import utcnow
+from app.core.ids import new_id
+from app.ledger import errors
+from app.models import Account, Community, Entry, Transaction
+from app.models.ledger import AccountStatus, TransactionKind
+
+MAX_ENTRY_MINUTES = 10_000 * 60  # 10,000 hours: larger is a typo, not a trade
+MAX_ENTRIES_PER_TRANSACTION = 100
+RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock_detected, serialization_failure
+MAX_ATTEMPTS = 4
+
+_accounts = cast(Table, Account.__table__)
+_entries = cast(Table, Entry.__table__)
+_transactions = cast(Table, Transaction.__table__)
+
+
+@dataclass(frozen=True)
+class Poster:
+    """Who posts: a user, a partner client, or the system (both None)."""
+
+    user_id: uuid.UUID | None = None
+    client_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class PostingRequest:
+    kind: TransactionKind
+    lines: tuple[tuple[uuid.UUID, int], ...]  # (account id, signed minutes)
+    occurred_on: date
+    memo: str = ""
+    details: Mapping[str, Any] = field(default_factory=dict)
+    reverses_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class PostedEntry:
+    account_id: uuid.UUID
+    minutes: int
+    balance_after: int
+    account_version: int
+
+
+@dataclass(frozen=True)
+class PostedTransaction:
+    id: uuid.UUID
+    community_id: uuid.UUID
+    kind: TransactionKind
+    memo: str
+    occurred_on: date
+    details: Mapping[str, Any]
+    posted_at: datetime
+    posted_by_user_id: uuid.UUID | None
+    posted_by_client_id: uuid.UUID | None
+    reverses_id: uuid.UUID | None
+    content_hash: str
+    entries: tuple[PostedEntry, ...]
+
+
+@dataclass(frozen=True)
+class PostingOutcome:
+    """One request's result in a batch: exactly one of ``posted`` and ``error`` is set."""
+
+    index: int
+    posted: PostedTransaction | None = None
+    error: errors.LedgerError | None = None
+
+
+@dataclass
+class _AccountState:
+    id: uuid.UUID
+    status: str
+    min_balance: int
+    max_balance: int
+    balance: int
+    version: int
+    earned_total: int
+    spent_total: int
+    touched: bool = False
+
+
+def check_shape(request: PostingRequest) -> None:
+    """Refuse a posting that could never be valid, whatever the balances."""
+    lines = request.lines
+    if len(lines) < 2:
+        raise errors.TooFewEntries("A transaction needs at least two entries.")
+    if len(lines) > MAX_ENTRIES_PER_TRANSACTION:
+        raise errors.AmountOutOfRange(
+            f"At most {MAX_ENTRIES_PER_TRANSACTION} entries per transaction."
+        )
+    seen: set[uuid.UUID] = set()
+    for account_id, minutes in lines:
+        if type(minutes) is not int:  # bool and float are refused too: minutes are integers
+            raise errors.AmountOutOfRange("Minutes must be whole numbers.")
+        if minutes == 0:
+            raise errors.ZeroAmount(f"The entry on account {account_id} is zero.")
+        if abs(minutes) > MAX_ENTRY_MINUTES:
+            raise errors.AmountOutOfRange(
+                f"The entry on account {account_id} is {minutes} minutes; the most is "
+                f"{MAX_ENTRY_MINUTES} (10,000 hours)."
+            )
+        if account_id in seen:
+            raise errors.DuplicateAccount(f"Account {account_id} appears more than once.")
+        seen.add(account_id)
+    total = sum(minutes for _, minutes in lines)
+    if total != 0:
+        raise errors.Unbalanced(f"The entries sum to {total} minutes; they must sum to 0.")
+
+
+def content_hash(
+    transaction_id: uuid.UUID,
+    community_id: uuid.UUID,
+    request: PostingRequest,
+) -> str:
+    """A digest of what the transaction says, stored with it (seals chain these)."""
+    parts = [
+        str(transaction_id),
+        str(community_id),
+        request.kind.value,
+        request.occurred_on.isoformat(),
+        str(request.reverses_id or ""),
+        request.memo,
+        *(
+            f"{account}:{minutes}"
+            for account, minutes in sorted(request.lines, key=lambda x: str(x[0]))
+        ),
+    ]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+async def post_transaction(
+    session: AsyncSession, community: Community, request: PostingRequest, *, poster: Poster
+) -> PostedTransaction:
+    """Post one transaction or raise the reason it was refused."""
+    outcome = (await post_transactions(session, community, [request], poster=poster, atomic=True))[
+        0
+    ]
+    assert outcome.posted is not None
+    return outcome.posted
+
+
+async def post_transactions(
+    session: AsyncSession,
+    community: Community,
+    requests: Sequence[PostingRequest],
+    *,
+    poster: Poster,
+    atomic: bool,
+) -> list[PostingOutcome]:
+    """Post many transactions in order.
+
+    ``atomic``: the first refusal raises and nothing is written. Otherwise each refused request
+    is reported in its outcome and the others are posted.
+    """
+    outcomes: dict[int, PostingOutcome] = {}
+    valid: list[tuple[int, PostingRequest]] = []
+    for index, request in enumerate(requests):
+        try:
+            check_shape(request)
+        except errors.LedgerError as exc:
+            if atomic:
+                raise
+            outcomes[index] = PostingOutcome(index=index, error=exc)
+        else:
+            valid.append((index, request))
+    if not valid:
+        return [outcomes[i] for i in range(len(requests))]
+
+    is_postgres = session.get_bind().dialect.name == "postgresql"
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            if is_postgres:
+                async with session.begin_nested():
+                    posted = await _lock_apply_write(session, community, valid, poster, atomic)
+            else:
+                posted = await _lock_apply_write(session, community, valid, poster, atomic)
+            break
+        except IntegrityError:
+            raise
+        except DBAPIError as exc:
+            sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+            if sqlstate not in RETRYABLE_SQLSTATES or attempt == MAX_ATTEMPTS:
+                if sqlstate in RETRYABLE_SQLSTATES:
+                    raise errors.LedgerBusy("The ledger stayed busy; retry shortly.") from exc
+                raise
+    outcomes.update(posted)
+    return [outcomes[i] for i in range(len(requests))]
+
+
+async def _lock_apply_write(
+    session: AsyncSession,
+    community: Community,
+    requests: list[tuple[int, PostingRequest]],
+    poster: Poster,
+    atomic: bool,
+) -> dict[int, PostingOutcome]:
+    account_ids = sorted({account for _, r in requests for account, _ in r.lines})
+    states = await _lock_accounts(session, community, account_ids)
+
+    outcomes: dict[int, PostingOutcome] = {}
+    transaction_rows: list[dict[str, Any]] = []
+    entry_rows: list[dict[str, Any]] = []
+    posted_at = utcnow()
+    for index, request in requests:
+        try:
+            new_balances = _apply_limits(request, states)
+        except errors.LedgerError as exc:
+            if atomic:
+                raise
+            outcomes[index] = PostingOutcome(index=index, error=exc)
+            continue
+        transaction_id = new_id()
+        entries = []
+        for account_id, minutes in request.lines:
+            state = states[account_id]
+            state.balance = new_balances[account_id]
+            state.version += 1
+            if minutes > 0:
+                state.earned_total += minutes
+            else:
+                state.spent_total -= minutes
+            state.touched = True
+            entries.append(PostedEntry(account_id, minutes, state.balance, state.version))
+            entry_rows.append(
+                {
+                    "transaction_id": transaction_id,
+                    "account_id": account_id,
+                    "amount": minutes,
+                    "balance_after": state.balance,
+                    "account_version": state.version,
+                    "posted_at": posted_at,
+                }
+            )
+        posted = PostedTransaction(
+            id=transaction_id,
+            community_id=community.id,
+            kind=request.kind,
+            memo=request.memo,
+            occurred_on=request.occurred_on,
+            details=dict(request.details),
+            posted_at=posted_at,
+            posted_by_user_id=poster.user_id,
+            posted_by_client_id=poster.client_id,
+            reverses_id=request.reverses_id,
+            content_hash=content_hash(transaction_id, community.id, request),
+            entries=tuple(entries),
+        )
+        transaction_rows.append(
+            {
+                "id": posted.id,
+                "community_id": posted.community_id,
+                "kind": posted.kind.value,
+                "memo": posted.memo,
+                "occurred_on": posted.occurred_on,
+                "details": dict(posted.details),
+                "posted_at": posted_at,
+                "posted_by_user_id": posted.posted_by_user_id,
+                "posted_by_client_id": posted.posted_by_client_id,
+                "reverses_id": posted.reverses_id,
+                "content_hash": posted.content_hash,
+            }
+        )
+        outcomes[index] = PostingOutcome(index=index, posted=posted)
+
+    if transaction_rows:
+        await _write(session, transaction_rows, entry_rows, states, posted_at)
+    return outcomes
+
+
+async def _lock_accounts(
+    session: AsyncSession, community: Community, account_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, _AccountState]:
+    c = _accounts.c
+    rows = await session.execute(
+        select(
+            c.id,
+            c.community_id,
+            c.status,
+            c.min_balance,
+            c.max_balance,
+            c.balance,
+            c.version,
+            c.earned_total,
+            c.spent_total,
+        )
+        .where(c.id.in_(account_ids))
+        .order_by(c.id)
+        .with_for_update()
+    )
+    states: dict[uuid.UUID, _AccountState] = {}
+    for row in rows:
+        if row.community_id != community.id:
+            continue  # another community's account is, to this one, no account at all
+        states[row.id] = _AccountState(
+            id=row.id,
+            status=row.status,
+            min_balance=community.default_min_balance
+            if row.min_balance is None
+            else row.min_balance,
+            max_balance=community.default_max_balance
+            if row.max_balance is None
+            else row.max_balance,
+            balance=row.balance,
+            version=row.version,
+            earned_total=row.earned_total,
+            spent_total=row.spent_total,
+        )
+    missing = [a for a in account_ids if a not in states]
+    if missing:
+        raise errors.AccountNotFound(
+            f"No account {missing[0]} in community '{community.slug}'.",
+            extra={"account_ids": [str(a) for a in missing]},
+        )
+    return states
+
+
+def _apply_limits(
+    request: PostingRequest, states: Mapping[uuid.UUID, _AccountState]
+) -> dict[uuid.UUID, int]:
+    """The balances after ``request``, or the reason it is refused.
+
+    A limit only refuses movement *away* from the range: spending below ``min_balance`` or
+    earning above ``max_balance``. A balance already outside (limits tightened later) may still
+    move back toward its range.
+    """
+    new_balances: dict[uuid.UUID, int] = {}
+    for account_id, minutes in request.lines:
+        state = states[account_id]
+        if state.status != AccountStatus.open:
+            raise errors.AccountClosed(f"Account {account_id} is closed.")
+        after = state.balance + minutes
+        if minutes < 0 and after < state.min_balance:
+            raise errors.InsufficientBalance(
+                f"Account {account_id} would fall to {after} minutes; its limit is "
+                f"{state.min_balance}.",
+                extra={
+                    "account_id": str(account_id),
+                    "balance": state.balance,
+                    "limit": state.min_balance,
+                },
+            )
+        if minutes > 0 and after > state.max_balance:
+            raise errors.OverBalanceCap(
+                f"Account {account_id} would rise to {after} minutes; its cap is "
+                f"{state.max_balance}.",
+                extra={
+                    "account_id": str(account_id),
+                    "balance": state.balance,
+                    "limit": state.max_balance,
+                },
+            )
+        new_balances[account_id] = after
+    return new_balances
+
+
+async def _write(
+    session: AsyncSession,
+    transaction_rows: list[dict[str, Any]],
+    entry_rows: list[dict[str, Any]],
+    states: Mapping[uuid.UUID, _AccountState],
+    posted_at: datetime,
+) -> None:
+    await session.execute(insert(_transactions), transaction_rows)
+    await session.execute(insert(_entries), entry_rows)
+    c = _accounts.c
+    await session.execute(
+        update(_accounts)
+        .where(c.id == bindparam("b_id"))
+        .values(
+            balance=bindparam("b_balance"),
+            version=bindparam("b_version"),
+            earned_total=bindparam("b_earned"),
+            spent_total=bindparam("b_spent"),
+            updated_at=bindparam("b_updated_at"),
+        ),
+        [
+            {
+                "b_id": s.id,
+                "b_balance": s.balance,
+                "b_version": s.version,
+                "b_earned": s.earned_total,
+                "b_spent": s.spent_total,
+                "b_updated_at": posted_at,
+            }
+            for s in states.values()
+            if s.touched
+        ],
+    )

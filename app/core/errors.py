@@ -228,8 +228,9 @@ async def _handle_http_exception(request: Request, exc: Exception) -> JSONRespon
     )
 
 
-async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error", exc_info=exc)
+def internal_error_response(request: Request, exc: BaseException) -> JSONResponse:
+    """Log ``exc`` with its traceback and answer a 500 that says nothing internal."""
+    logger.error("unhandled error", exc_info=exc)
     return problem_response(
         request,
         status=500,
@@ -237,6 +238,12 @@ async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
         title="Internal server error",
         detail="The server could not complete the request. Quote the request id when reporting it.",
     )
+
+
+async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # Reached only for errors outside RequestContextMiddleware, which renders the rest itself
+    # so that a 500 also carries the request id and security headers.
+    return internal_error_response(request, exc)
 
 
 def install_error_handlers(app: FastAPI) -> None:

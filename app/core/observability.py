@@ -18,9 +18,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.errors import problem_response
+from app.core.errors import internal_error_response, problem_response
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
@@ -107,13 +108,16 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
         started = time.perf_counter()
-        status_holder = {"status": 500}
+        status = 500
+        response_started = False
         path: str = scope["path"]
         is_docs = path.startswith(_DOCS_PATHS)
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
-                status_holder["status"] = message["status"]
+                status = message["status"]
+                response_started = True
                 headers = MutableHeaders(scope=message)
                 headers["x-request-id"] = request_id
                 for name, value in SECURITY_HEADERS:
@@ -126,7 +130,7 @@ class RequestContextMiddleware:
             declared = _header(scope, b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
                 response = problem_response(
-                    None,
+                    Request(scope),
                     status=413,
                     code="payload_too_large",
                     title="Payload too large",
@@ -134,13 +138,23 @@ class RequestContextMiddleware:
                 )
                 await response(scope, receive, send_with_headers)
                 return
-            await self.app(scope, _limited_receive(receive, self.max_body_bytes), send_with_headers)
+            try:
+                await self.app(
+                    scope, _limited_receive(receive, self.max_body_bytes), send_with_headers
+                )
+            except Exception as exc:
+                # Render the 500 here rather than in Starlette's outermost error middleware,
+                # which would send it past this one: without X-Request-ID, the one thing a
+                # client needs in order to report the failure.
+                if response_started:
+                    raise
+                error = internal_error_response(Request(scope), exc)
+                await error(scope, receive, send_with_headers)
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             route_path = getattr(route, "path", None) or "<unmatched>"
             method = scope["method"]
-            status = status_holder["status"]
             self.metrics.requests.labels(method, route_path, str(status)).inc()
             self.metrics.latency.labels(method, route_path).observe(elapsed)
             access_logger.info(

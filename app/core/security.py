@@ -114,6 +114,10 @@ class TokenService:
         except JWTClaimsError as exc:
             raise TokenError(f"the token's claims are not valid: {exc}") from exc
         except JWTError as exc:
+            # jose reports a missing required claim with the bare JWTError it also uses for a
+            # bad signature; say which, so a partner debugging a 401 is not sent the wrong way.
+            if "missing required key" in str(exc):
+                raise TokenError(f"the token's claims are not valid: {exc}") from exc
             raise TokenError("the token's signature is not valid") from exc
         if claims.get("typ") != ACCESS_TOKEN_TYPE:
             raise TokenError("the token is not an access token")

@@ -38,6 +38,10 @@ def render_openapi() -> str:
     return json.dumps(create_app().openapi(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
+def _display_path(path: Path) -> str:
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -67,34 +71,52 @@ def _cmd_openapi(args: argparse.Namespace) -> int:
     if args.check:
         current = OPENAPI_PATH.read_text() if OPENAPI_PATH.exists() else ""
         if current != document:
-            print("openapi/openapi.json is out of date: run `make openapi`", file=sys.stderr)
+            print(
+                f"{_display_path(OPENAPI_PATH)} is out of date: run `make openapi`",
+                file=sys.stderr,
+            )
             return 1
-        print("openapi/openapi.json matches the app")
+        print(f"{_display_path(OPENAPI_PATH)} matches the app")
         return 0
     if args.stdout:
         sys.stdout.write(document)
     else:
         OPENAPI_PATH.parent.mkdir(exist_ok=True)
         OPENAPI_PATH.write_text(document)
-        print(f"wrote {OPENAPI_PATH.relative_to(PROJECT_ROOT)}")
+        print(f"wrote {_display_path(OPENAPI_PATH)}")
     return 0
 
 
 def _cmd_create_admin(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from app.cli_tasks import create_platform_admin
+    from app.identity.schemas import UserCreate
 
     password = args.password or os.environ.get("TIMEBANK_ADMIN_PASSWORD")
     if not password:
-        password = getpass.getpass("Password for the new platform admin: ")
-    if len(password) < 10:
-        print("the password must have at least 10 characters", file=sys.stderr)
-        return 2
+        password = getpass.getpass("Password for the platform admin: ")
+        if getpass.getpass("Repeat the password: ") != password:
+            print("the passwords do not match", file=sys.stderr)
+            return 2
+    # The same rules as sign-up, so the admin can sign in with what was accepted here.
     try:
-        user_id = asyncio.run(create_platform_admin(get_settings(), args.email, password))
-    except ValueError as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
-    print(f"platform admin {args.email} ready (user {user_id})")
+        credentials = UserCreate(email=args.email, password=password)
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            print(f"{field}: {error['msg']}", file=sys.stderr)
+        return 2
+    user_id, created = asyncio.run(
+        create_platform_admin(get_settings(), credentials.email, credentials.password)
+    )
+    if created:
+        print(f"created platform admin {credentials.email} (user {user_id})")
+    else:
+        print(
+            f"promoted existing user {credentials.email} to platform admin and set the "
+            f"password (user {user_id})"
+        )
     return 0
 
 

@@ -17,7 +17,12 @@ from app.models import Community, Member
 from app.models.identity import MemberKind, MemberRole, MemberStatus
 
 
-async def create_platform_admin(settings: Settings, email: str, password: str) -> uuid.UUID:
+async def create_platform_admin(
+    settings: Settings, email: str, password: str
+) -> tuple[uuid.UUID, bool]:
+    """Create a platform admin, or promote the user with that email (and set their password,
+    which makes this the way back in for an operator who lost it). Returns the user id and
+    whether the user was created."""
     engine = create_engine(settings)
     try:
         async with create_sessionmaker(engine)() as session, session.begin():
@@ -27,10 +32,10 @@ async def create_platform_admin(settings: Settings, email: str, password: str) -
                 user = await service.create_user(
                     session, passwords, email, password, is_platform_admin=True
                 )
-            else:
-                user.is_platform_admin = True
-                user.password_hash = passwords.hash(password)
-            return user.id
+                return user.id, True
+            user.is_platform_admin = True
+            user.password_hash = passwords.hash(password)
+            return user.id, False
     finally:
         await engine.dispose()
 

@@ -19,6 +19,7 @@ from app.core.database import create_engine, create_sessionmaker
 from app.core.errors import DomainError, Problem, error_responses, install_error_handlers
 from app.core.observability import Metrics, RequestContextMiddleware, configure_logging
 from app.core.security import PasswordService, TokenService
+from app.exchanges.router import router as exchanges_router
 from app.identity.auth import AuthServices
 from app.identity.login_throttle import LoginThrottle
 from app.identity.router import auth_router
@@ -33,6 +34,19 @@ Every error is an RFC 9457 `application/problem+json` document with a stable `co
 Lists are cursor-paginated (`limit`, `cursor` → `next_cursor`). Writes that move hours take
 an `Idempotency-Key` header.
 """
+
+
+OPENAPI_TAGS = [
+    {"name": "auth", "description": "Sign-in, tokens and the current user"},
+    {"name": "communities", "description": "Time banks (tenants)"},
+    {"name": "members", "description": "Memberships: citizens, professionals, organisations"},
+    {"name": "partner clients", "description": "Client-credentials access for partner services"},
+    {"name": "ledger", "description": "Accounts, statements and balanced transactions"},
+    {"name": "listings", "description": "Offers and requests: what people can give and need"},
+    {"name": "exchanges", "description": "Help given and received, confirmed and posted"},
+    {"name": "fund", "description": "The community fund: donations in, grants out"},
+    {"name": "operations", "description": "Health, readiness and metrics"},
+]
 
 
 class DatabaseUnavailable(DomainError):
@@ -65,19 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description=API_DESCRIPTION,
         lifespan=lifespan,
-        openapi_tags=[
-            {"name": "auth", "description": "Sign-in, tokens and the current user"},
-            {"name": "communities", "description": "Time banks (tenants)"},
-            {
-                "name": "members",
-                "description": "Memberships: citizens, professionals, organisations",
-            },
-            {
-                "name": "partner clients",
-                "description": "Client-credentials access for partner services",
-            },
-            {"name": "operations", "description": "Health, readiness and metrics"},
-        ],
+        openapi_tags=OPENAPI_TAGS,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -113,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth_router)
     app.include_router(identity_router)
     app.include_router(ledger_router)
+    app.include_router(exchanges_router)
     _add_operations_routes(app)
     return app
 

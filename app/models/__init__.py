@@ -1,6 +1,7 @@
 """All ORM models, one module per feature, imported here so metadata is complete."""
 
 from app.models.base import Base
+from app.models.exchanges import Category, Exchange, ExchangeEvent, ExchangeParty, Listing
 from app.models.identity import ApiClient, Community, Member, RefreshToken, User
 from app.models.ledger import (
     Account,
@@ -15,9 +16,14 @@ __all__ = [
     "AccountLimitChange",
     "ApiClient",
     "Base",
+    "Category",
     "Community",
     "Entry",
+    "Exchange",
+    "ExchangeEvent",
+    "ExchangeParty",
     "IdempotencyRecord",
+    "Listing",
     "Member",
     "RefreshToken",
     "Transaction",

@@ -131,3 +131,94 @@ class Api:
         )
         headers = await self.login(email) if with_login else {}
         return Actor(email=email, headers=headers, user_id=user_id, member=member)
+
+
+# --- helpers for the identity and access suites ------------------------------------------
+
+
+def problem(response: Response, status: int, code: str) -> dict[str, Any]:
+    """Assert an RFC 9457 refusal with this status and stable ``code``; return the document."""
+    assert response.status_code == status, f"{response.status_code} {response.text}"
+    assert response.headers["content-type"].startswith("application/problem+json"), (
+        response.headers["content-type"]
+    )
+    body: dict[str, Any] = response.json()
+    assert body["code"] == code, body
+    assert body["status"] == status, body
+    return body
+
+
+def bearer(access_token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {access_token}"}
+
+
+@dataclass
+class Partner:
+    """A partner service registered with one community."""
+
+    client_id: str
+    client_secret: str
+    scopes: list[str]
+    headers: dict[str, str]
+
+
+class IdentityApi(Api):
+    """``Api`` plus the partner-client and join-request steps the identity tests need."""
+
+    async def partner(self, community_id: str, by: Actor, scopes: list[str]) -> Partner:
+        created = expect(
+            await self.client.post(
+                f"/v1/communities/{community_id}/clients",
+                json={"name": unique("partner "), "scopes": scopes},
+                headers=by.headers,
+            ),
+            201,
+        )
+        token = expect(
+            await self.client.post(
+                "/v1/auth/token",
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": created["client_id"],
+                    "client_secret": created["client_secret"],
+                },
+            ),
+            200,
+        )
+        return Partner(
+            client_id=created["client_id"],
+            client_secret=created["client_secret"],
+            scopes=scopes,
+            headers=bearer(token["access_token"]),
+        )
+
+    async def join(self, community_id: str, user: Actor, **fields: Any) -> Actor:
+        """``user`` asks to join: the membership is pending until a coordinator approves."""
+        payload = {"display_name": unique("joiner "), "kind": "citizen", **fields}
+        user.member = expect(
+            await self.client.post(
+                f"/v1/communities/{community_id}/members", json=payload, headers=user.headers
+            ),
+            201,
+        )
+        return user
+
+    async def bare_community(self, by: Actor, **fields: Any) -> dict[str, Any]:
+        """A community created by platform admin ``by`` without joining it."""
+        payload = {"slug": unique("tb-"), "name": "Test Time Bank", **fields}
+        community: dict[str, Any] = expect(
+            await self.client.post("/v1/communities", json=payload, headers=by.headers), 201
+        )
+        return community
+
+    async def get_member(self, member_id: str, by: Actor) -> dict[str, Any]:
+        body: dict[str, Any] = expect(
+            await self.client.get(f"/v1/members/{member_id}", headers=by.headers), 200
+        )
+        return body
+
+    async def get_community(self, community_id: str, by: Actor) -> dict[str, Any]:
+        body: dict[str, Any] = expect(
+            await self.client.get(f"/v1/communities/{community_id}", headers=by.headers), 200
+        )
+        return body

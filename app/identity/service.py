@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.community import CommunityAccess, MemberAccess
+from app.access.errors import InsufficientRole
 from app.access.principal import Principal
 from app.core.clock import utcnow
 from app.core.errors import Forbidden
@@ -272,6 +273,14 @@ async def update_member(session: AsyncSession, target: MemberAccess, data: Membe
     is_coordinator = access.has_role(MemberRole.coordinator) or (
         access.principal.client is not None and access.principal.has_scope("members:write")
     )
+
+    if (
+        not target.is_self
+        and not access.has_role(MemberRole.admin)
+        and ROLE_RANK[MemberRole(member.role)] >= ROLE_RANK[MemberRole.coordinator]
+    ):
+        # Suspending or editing a peer or a superior would be a role change in disguise.
+        raise InsufficientRole("Only admins change a coordinator's or an admin's membership.")
 
     if not is_coordinator:
         forbidden = set(changes) - _SELF_EDITABLE - {"status"}

@@ -25,6 +25,7 @@ from app.identity.login_throttle import LoginThrottle
 from app.identity.router import auth_router
 from app.identity.router import router as identity_router
 from app.ledger.router import router as ledger_router
+from app.reconciliation.router import router as reconciliation_router
 
 API_DESCRIPTION = """\
 The books of a community time bank: a double-entry ledger of hours kept in whole minutes,
@@ -45,6 +46,7 @@ OPENAPI_TAGS = [
     {"name": "listings", "description": "Offers and requests: what people can give and need"},
     {"name": "exchanges", "description": "Help given and received, confirmed and posted"},
     {"name": "fund", "description": "The community fund: donations in, grants out"},
+    {"name": "reconciliation", "description": "Proving the books: checks, seals, external records"},
     {"name": "operations", "description": "Health, readiness and metrics"},
 ]
 
@@ -116,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(identity_router)
     app.include_router(ledger_router)
     app.include_router(exchanges_router)
+    app.include_router(reconciliation_router)
     _add_operations_routes(app)
     return app
 

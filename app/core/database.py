@@ -23,6 +23,10 @@ from sqlalchemy.ext.asyncio import (
 from app.core.config import Settings
 from app.core.errors import DomainError
 
+# Execution option for a consistent, non-blocking read snapshot (REPEATABLE READ on
+# PostgreSQL, a deferred WAL read transaction on SQLite).
+READ_SNAPSHOT_OPTION = "timebank_read_snapshot"
+
 
 def normalise_database_url(raw: str) -> URL:
     """Accept the URLs people paste (``postgres://``, ``postgresql://``, ``sqlite://``) and
@@ -71,7 +75,12 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
     def _on_begin(connection: Any) -> None:
         # Take the write lock up front: a deferred transaction that later writes can fail with
         # SQLITE_BUSY without waiting, which would turn a busy moment into an error.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Long read-only work (reconciliation) asks for a deferred snapshot instead, so it
+        # never holds writers back.
+        if connection.get_execution_options().get(READ_SNAPSHOT_OPTION):
+            connection.exec_driver_sql("BEGIN DEFERRED")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -10,6 +10,7 @@ from app.models.ledger import (
     IdempotencyRecord,
     Transaction,
 )
+from app.models.reconciliation import ExternalRecordMatch, LedgerSeal, ReconciliationRun
 
 __all__ = [
     "Account",
@@ -22,9 +23,12 @@ __all__ = [
     "Exchange",
     "ExchangeEvent",
     "ExchangeParty",
+    "ExternalRecordMatch",
     "IdempotencyRecord",
+    "LedgerSeal",
     "Listing",
     "Member",
+    "ReconciliationRun",
     "RefreshToken",
     "Transaction",
     "User",

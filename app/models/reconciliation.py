@@ -1,0 +1,71 @@
+"""Reconciliation runs, the seals they leave, and external-record matches."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, BigInt, CreatedAtMixin, IdMixin, JSONDocument
+
+
+class RunStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    passed = "passed"  # every check clean
+    failed = "failed"  # findings
+    error = "error"  # the run itself could not finish
+
+
+class ReconciliationRun(IdMixin, CreatedAtMixin, Base):
+    __tablename__ = "reconciliation_runs"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued', 'running', 'passed', 'failed', 'error')", name="status"
+        ),
+        CheckConstraint("progress >= 0 AND progress <= 100", name="progress_percent"),
+    )
+
+    community_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("communities.id"), index=True)
+    status: Mapped[str] = mapped_column(String(10), default=RunStatus.queued.value)
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    seal_requested: Mapped[bool] = mapped_column(Boolean, default=True)
+    requested_by_user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+    findings_count: Mapped[int] = mapped_column(Integer, default=0)
+    report: Mapped[dict[str, Any]] = mapped_column(JSONDocument, default=dict)
+    seal_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("ledger_seals.id"))
+
+
+class LedgerSeal(IdMixin, CreatedAtMixin, Base):
+    """A link in the seal chain: the digest of every entry (and its transaction's content hash)
+    with ``previous_high_water < entry id <= high_water``, chained to the previous seal."""
+
+    __tablename__ = "ledger_seals"
+
+    previous_seal_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("ledger_seals.id"), unique=True
+    )
+    previous_high_water: Mapped[int] = mapped_column(BigInt)
+    high_water: Mapped[int] = mapped_column(BigInt)
+    entry_count: Mapped[int] = mapped_column(BigInt)
+    # Digests of consecutive blocks of entries, so a break is located to its block.
+    block_digests: Mapped[list[str]] = mapped_column(JSONDocument, default=list)
+    digest: Mapped[str] = mapped_column(String(64))
+    chained_digest: Mapped[str] = mapped_column(String(64))
+
+
+class ExternalRecordMatch(IdMixin, CreatedAtMixin, Base):
+    __tablename__ = "external_record_matches"
+
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("reconciliation_runs.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(255), default="")
+    uploaded_by_user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    tolerance_days: Mapped[int] = mapped_column(Integer, default=3)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSONDocument, default=dict)
+    result: Mapped[dict[str, Any]] = mapped_column(JSONDocument, default=dict)

@@ -1,0 +1,599 @@
+"""The checks a reconciliation run makes. Each is one or two set-based queries (the database
+does the scanning), and each finding names the rows involved with what was expected and found.
+
+Every check reads inside the run's snapshot, so postings that land during the run are either
+wholly visible or not at all: no false alarms from half-seen work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import (
+    Account,
+    AccountLimitChange,
+    Community,
+    Entry,
+    Exchange,
+    IdempotencyRecord,
+    Transaction,
+)
+from app.models.exchanges import ExchangeStatus, Resolution
+from app.models.ledger import AccountKind, TransactionKind
+from app.reconciliation.findings import CheckResult, Finding
+
+POSTED_EXCHANGE_STATUSES = (
+    ExchangeStatus.confirmed.value,
+    ExchangeStatus.disputed.value,
+    ExchangeStatus.resolved.value,
+)
+
+
+def _in_community(column: Any, community_id: uuid.UUID | None) -> ColumnElement[bool]:
+    return literal(True) if community_id is None else column == community_id
+
+
+async def transactions_balance(
+    session: AsyncSession, community_id: uuid.UUID | None
+) -> CheckResult:
+    result = CheckResult(
+        "transactions_balance",
+        "Every transaction has at least two entries, none zero, summing to 0.",
+    )
+    zero = func.sum(case((Entry.amount == 0, 1), else_=0))
+    rows = await session.execute(
+        select(Entry.transaction_id, func.count(), func.sum(Entry.amount), zero)
+        .join(Transaction, Transaction.id == Entry.transaction_id)
+        .where(_in_community(Transaction.community_id, community_id))
+        .group_by(Entry.transaction_id)
+        .having(or_(func.count() < 2, func.sum(Entry.amount) != 0, zero > 0))
+    )
+    for transaction_id, count, total, zeros in rows:
+        result.add(
+            Finding(
+                f"Transaction {transaction_id} has {count} entries summing to {total} ({zeros} zero).",
+                {"transaction_id": str(transaction_id)},
+                expected={"entries": ">= 2", "sum": 0, "zero_entries": 0},
+                found={"entries": count, "sum": int(total), "zero_entries": int(zeros)},
+            )
+        )
+    orphans = await session.execute(
+        select(Transaction.id)
+        .where(_in_community(Transaction.community_id, community_id))
+        .where(~select(Entry.id).where(Entry.transaction_id == Transaction.id).exists())
+    )
+    for (transaction_id,) in orphans:
+        result.add(
+            Finding(
+                f"Transaction {transaction_id} has no entries.",
+                {"transaction_id": str(transaction_id)},
+                expected={"entries": ">= 2"},
+                found={"entries": 0},
+            )
+        )
+    return result
+
+
+async def community_sums(session: AsyncSession, community_id: uuid.UUID | None) -> CheckResult:
+    result = CheckResult("balances_sum_to_zero", "Within each community, all balances sum to 0.")
+    cached = await session.execute(
+        select(Account.community_id, func.sum(Account.balance))
+        .where(_in_community(Account.community_id, community_id))
+        .group_by(Account.community_id)
+        .having(func.sum(Account.balance) != 0)
+    )
+    for community, total in cached:
+        result.add(
+            Finding(
+                f"Cached balances of community {community} sum to {total}.",
+                {"community_id": str(community)},
+                expected=0,
+                found=int(total),
+            )
+        )
+    posted = await session.execute(
+        select(Account.community_id, func.sum(Entry.amount))
+        .join(Account, Account.id == Entry.account_id)
+        .where(_in_community(Account.community_id, community_id))
+        .group_by(Account.community_id)
+        .having(func.sum(Entry.amount) != 0)
+    )
+    for community, total in posted:
+        result.add(
+            Finding(
+                f"Entries of community {community} sum to {total}.",
+                {"community_id": str(community)},
+                expected=0,
+                found=int(total),
+            )
+        )
+    return result
+
+
+def _entry_totals() -> Any:
+    earned = func.sum(case((Entry.amount > 0, Entry.amount), else_=0))
+    spent = func.sum(case((Entry.amount < 0, -Entry.amount), else_=0))
+    return (
+        select(
+            Entry.account_id.label("account_id"),
+            func.sum(Entry.amount).label("total"),
+            func.count().label("entries"),
+            earned.label("earned"),
+            spent.label("spent"),
+        )
+        .group_by(Entry.account_id)
+        .subquery()
+    )
+
+
+async def cached_totals(session: AsyncSession, community_id: uuid.UUID | None) -> CheckResult:
+    result = CheckResult(
+        "cached_totals",
+        "Each account's cached balance, version and earned/spent totals equal what its entries give.",
+    )
+    sums = _entry_totals()
+    total = func.coalesce(sums.c.total, 0)
+    count = func.coalesce(sums.c.entries, 0)
+    earned = func.coalesce(sums.c.earned, 0)
+    spent = func.coalesce(sums.c.spent, 0)
+    rows = await session.execute(
+        select(
+            Account.id,
+            Account.balance,
+            Account.version,
+            Account.earned_total,
+            Account.spent_total,
+            total,
+            count,
+            earned,
+            spent,
+        )
+        .outerjoin(sums, sums.c.account_id == Account.id)
+        .where(_in_community(Account.community_id, community_id))
+        .where(
+            or_(
+                Account.balance != total,
+                Account.version != count,
+                Account.earned_total != earned,
+                Account.spent_total != spent,
+            )
+        )
+    )
+    for (
+        account_id,
+        balance,
+        version,
+        earned_total,
+        spent_total,
+        e_total,
+        e_count,
+        e_earned,
+        e_spent,
+    ) in rows:
+        result.add(
+            Finding(
+                f"Account {account_id}'s cached figures differ from its entries.",
+                {"account_id": str(account_id)},
+                expected={
+                    "balance": int(e_total),
+                    "version": int(e_count),
+                    "earned_total": int(e_earned),
+                    "spent_total": int(e_spent),
+                },
+                found={
+                    "balance": balance,
+                    "version": version,
+                    "earned_total": earned_total,
+                    "spent_total": spent_total,
+                },
+            )
+        )
+    return result
+
+
+async def balance_chains(session: AsyncSession, community_id: uuid.UUID | None) -> CheckResult:
+    result = CheckResult(
+        "balance_after_chain",
+        "Each account's entries run versions 1..n and each balance_after is the previous plus its amount.",
+    )
+    chained = (
+        select(
+            Entry.id.label("entry_id"),
+            Entry.account_id.label("account_id"),
+            Entry.account_version.label("version"),
+            Entry.amount.label("amount"),
+            Entry.balance_after.label("balance_after"),
+            func.coalesce(
+                func.lag(Entry.balance_after).over(
+                    partition_by=Entry.account_id, order_by=Entry.account_version
+                ),
+                0,
+            ).label("previous"),
+            func.row_number()
+            .over(partition_by=Entry.account_id, order_by=Entry.account_version)
+            .label("position"),
+        )
+        .join(Account, Account.id == Entry.account_id)
+        .where(_in_community(Account.community_id, community_id))
+        .subquery()
+    )
+    rows = await session.execute(
+        select(chained).where(
+            or_(
+                chained.c.balance_after != chained.c.previous + chained.c.amount,
+                chained.c.version != chained.c.position,
+            )
+        )
+    )
+    for row in rows:
+        result.add(
+            Finding(
+                f"Entry {row.entry_id} breaks account {row.account_id}'s chain at version {row.version}.",
+                {"entry_id": row.entry_id, "account_id": str(row.account_id)},
+                expected={"version": row.position, "balance_after": row.previous + row.amount},
+                found={"version": row.version, "balance_after": row.balance_after},
+            )
+        )
+    return result
+
+
+async def limits_respected(session: AsyncSession, community_id: uuid.UUID | None) -> CheckResult:
+    """A balance outside its limits is a finding only when the entry that put it there moved
+    away from the range while those limits were in force (limits may be tightened later)."""
+    result = CheckResult(
+        "limits", "No balance is outside its limits, except where a later tightening left it there."
+    )
+    min_balance = func.coalesce(Account.min_balance, Community.default_min_balance)
+    max_balance = func.coalesce(Account.max_balance, Community.default_max_balance)
+    rows = await session.execute(
+        select(Account.id, Account.balance, min_balance, max_balance, Community.updated_at)
+        .join(Community, Community.id == Account.community_id)
+        .where(_in_community(Account.community_id, community_id))
+        .where(or_(Account.balance < min_balance, Account.balance > max_balance))
+    )
+    for account_id, balance, low, high, community_changed in rows:
+        last = (
+            await session.execute(
+                select(Entry.id, Entry.amount, Entry.posted_at)
+                .where(Entry.account_id == account_id)
+                .order_by(Entry.account_version.desc())
+                .limit(1)
+            )
+        ).first()
+        if last is None:
+            continue
+        limit_changed = await session.scalar(
+            select(func.max(AccountLimitChange.changed_at)).where(
+                AccountLimitChange.account_id == account_id
+            )
+        )
+        tightened_later = any(
+            moment is not None and moment > last.posted_at
+            for moment in (limit_changed, community_changed)
+        )
+        moved_away = (balance < low and last.amount < 0) or (balance > high and last.amount > 0)
+        if moved_away and not tightened_later:
+            result.add(
+                Finding(
+                    f"Account {account_id} is at {balance}, outside [{low}, {high}], put there by entry {last.id}.",
+                    {"account_id": str(account_id), "entry_id": last.id},
+                    expected={"min_balance": low, "max_balance": high},
+                    found={"balance": balance},
+                )
+            )
+    return result
+
+
+async def reversals(session: AsyncSession, community_id: uuid.UUID | None) -> CheckResult:
+    result = CheckResult(
+        "reversals",
+        "Every reversal mirrors an existing, non-reversal transaction, reversed at most once.",
+    )
+    original = Transaction.__table__.alias("original")
+    rows = await session.execute(
+        select(Transaction.id, Transaction.reverses_id, original.c.id, original.c.kind)
+        .outerjoin(original, original.c.id == Transaction.reverses_id)
+        .where(Transaction.kind == TransactionKind.reversal.value)
+        .where(_in_community(Transaction.community_id, community_id))
+    )
+    for reversal_id, reverses_id, found_id, found_kind in rows:
+        if found_id is None:
+            result.add(
+                Finding(
+                    f"Reversal {reversal_id} points to missing transaction {reverses_id}.",
+                    {"transaction_id": str(reversal_id)},
+                    expected="an existing original",
+                    found=None,
+                )
+            )
+        elif found_kind == TransactionKind.reversal.value:
+            result.add(
+                Finding(
+                    f"Reversal {reversal_id} reverses another reversal {reverses_id}.",
+                    {"transaction_id": str(reversal_id), "original_id": str(reverses_id)},
+                    expected="a non-reversal original",
+                    found=found_kind,
+                )
+            )
+    twice = await session.execute(
+        select(Transaction.reverses_id, func.count())
+        .where(Transaction.reverses_id.is_not(None))
+        .where(_in_community(Transaction.community_id, community_id))
+        .group_by(Transaction.reverses_id)
+        .having(func.count() > 1)
+    )
+    for original_id, count in twice:
+        result.add(
+            Finding(
+                f"Transaction {original_id} was reversed {count} times.",
+                {"transaction_id": str(original_id)},
+                expected=1,
+                found=count,
+            )
+        )
+    # The reversal's entries are the exact negation of the original's.
+    mirror = Entry.__table__.alias("mirror")
+    mismatched = await session.execute(
+        select(Transaction.id, Entry.account_id, Entry.amount, mirror.c.amount)
+        .join(Entry, Entry.transaction_id == Transaction.id)
+        .outerjoin(
+            mirror,
+            and_(
+                mirror.c.transaction_id == Transaction.reverses_id,
+                mirror.c.account_id == Entry.account_id,
+            ),
+        )
+        .where(Transaction.kind == TransactionKind.reversal.value)
+        .where(_in_community(Transaction.community_id, community_id))
+        .where(or_(mirror.c.amount.is_(None), mirror.c.amount != -Entry.amount))
+    )
+    for reversal_id, account_id, amount, original_amount in mismatched:
+        result.add(
+            Finding(
+                f"Reversal {reversal_id} does not mirror its original on account {account_id}.",
+                {"transaction_id": str(reversal_id), "account_id": str(account_id)},
+                expected=None if original_amount is None else -original_amount,
+                found=amount,
+            )
+        )
+    return result
+
+
+async def exchanges_posted_once(
+    session: AsyncSession, community_id: uuid.UUID | None
+) -> CheckResult:
+    result = CheckResult(
+        "exchanges_posted_once",
+        "Confirmed exchanges have exactly one posted exchange transaction; others have none.",
+    )
+    rows = await session.execute(
+        select(
+            Exchange.id, Exchange.status, Exchange.transaction_id, Transaction.id, Transaction.kind
+        )
+        .outerjoin(Transaction, Transaction.id == Exchange.transaction_id)
+        .where(_in_community(Exchange.community_id, community_id))
+        .where(
+            or_(
+                and_(
+                    Exchange.status.in_(POSTED_EXCHANGE_STATUSES),
+                    or_(
+                        Transaction.id.is_(None), Transaction.kind != TransactionKind.exchange.value
+                    ),
+                ),
+                and_(
+                    ~Exchange.status.in_(POSTED_EXCHANGE_STATUSES),
+                    Exchange.transaction_id.is_not(None),
+                ),
+            )
+        )
+    )
+    for exchange_id, status, transaction_ref, found_id, kind in rows:
+        result.add(
+            Finding(
+                f"Exchange {exchange_id} is {status} but its transaction is "
+                f"{'missing' if found_id is None and transaction_ref else kind or 'absent'}.",
+                {
+                    "exchange_id": str(exchange_id),
+                    "transaction_id": str(transaction_ref) if transaction_ref else None,
+                },
+                expected="one exchange transaction"
+                if status in POSTED_EXCHANGE_STATUSES
+                else "no transaction",
+                found=kind,
+            )
+        )
+    unclaimed = await session.execute(
+        select(Transaction.id)
+        .where(Transaction.kind == TransactionKind.exchange.value)
+        .where(_in_community(Transaction.community_id, community_id))
+        .where(~select(Exchange.id).where(Exchange.transaction_id == Transaction.id).exists())
+    )
+    for (transaction_id,) in unclaimed:
+        result.add(
+            Finding(
+                f"Exchange transaction {transaction_id} belongs to no exchange.",
+                {"transaction_id": str(transaction_id)},
+                expected="exactly one exchange",
+                found=0,
+            )
+        )
+    reversed_without = await session.execute(
+        select(Exchange.id, Exchange.reversal_transaction_id, Transaction.reverses_id)
+        .outerjoin(Transaction, Transaction.id == Exchange.reversal_transaction_id)
+        .where(_in_community(Exchange.community_id, community_id))
+        .where(Exchange.resolution == Resolution.reversed.value)
+        .where(or_(Transaction.id.is_(None), Transaction.reverses_id != Exchange.transaction_id))
+    )
+    for exchange_id, reversal_id, reverses in reversed_without:
+        result.add(
+            Finding(
+                f"Exchange {exchange_id} was resolved by reversal, but its reversal does not reverse it.",
+                {
+                    "exchange_id": str(exchange_id),
+                    "transaction_id": str(reversal_id) if reversal_id else None,
+                },
+                expected="a reversal of the exchange's transaction",
+                found=str(reverses) if reverses else None,
+            )
+        )
+    return result
+
+
+async def idempotency_records(session: AsyncSession, community_id: uuid.UUID | None) -> CheckResult:
+    result = CheckResult(
+        "idempotency_records",
+        "Every idempotency record that names a transaction names an existing one.",
+    )
+    rows = await session.execute(
+        select(IdempotencyRecord.id, IdempotencyRecord.principal, IdempotencyRecord.transaction_id)
+        .outerjoin(Transaction, Transaction.id == IdempotencyRecord.transaction_id)
+        .where(IdempotencyRecord.transaction_id.is_not(None), Transaction.id.is_(None))
+    )
+    for record_id, principal, transaction_id in rows:
+        result.add(
+            Finding(
+                f"Idempotency record {record_id} ({principal}) names missing transaction {transaction_id}.",
+                {"idempotency_record_id": record_id, "transaction_id": str(transaction_id)},
+                expected="an existing transaction",
+                found=None,
+            )
+        )
+    return result
+
+
+async def fund_history(session: AsyncSession, community_id: uuid.UUID | None) -> CheckResult:
+    """The fund moves only by donations in, grants out, equal-split remainders out, and
+    reversals of those."""
+    result = CheckResult(
+        "fund_history",
+        "The fund's entries are donations (in), grants (out), exchange remainders (out) or reversals.",
+    )
+    rows = await session.execute(
+        select(Entry.id, Entry.amount, Transaction.id, Transaction.kind, Exchange.fund_minutes)
+        .join(Account, Account.id == Entry.account_id)
+        .join(Transaction, Transaction.id == Entry.transaction_id)
+        .outerjoin(Exchange, Exchange.transaction_id == Transaction.id)
+        .where(Account.kind == AccountKind.fund.value)
+        .where(_in_community(Account.community_id, community_id))
+    )
+    expected_sign: dict[str, Callable[[int, int | None], bool]] = {
+        TransactionKind.donation.value: lambda amount, _: amount > 0,
+        TransactionKind.grant.value: lambda amount, _: amount < 0,
+        TransactionKind.exchange.value: lambda amount, remainder: (
+            remainder is not None and amount == -remainder
+        ),
+        TransactionKind.reversal.value: lambda _amount, _remainder: True,
+    }
+    for entry_id, amount, transaction_id, kind, remainder in rows:
+        rule = expected_sign.get(kind)
+        if rule is None or not rule(amount, remainder):
+            result.add(
+                Finding(
+                    f"Fund entry {entry_id} ({kind}, {amount:+d}) is not a donation, grant or remainder.",
+                    {"entry_id": entry_id, "transaction_id": str(transaction_id)},
+                    expected="donation > 0, grant < 0, or -(exchange fund remainder)",
+                    found={"kind": kind, "minutes": amount},
+                )
+            )
+    return result
+
+
+def transaction_content_hash(
+    transaction_id: uuid.UUID,
+    community_id: uuid.UUID,
+    kind: str,
+    occurred_on: str,
+    reverses_id: uuid.UUID | None,
+    memo: str,
+    lines: Sequence[tuple[uuid.UUID, int]],
+) -> str:
+    """The same digest the posting engine stores (app.ledger.posting.content_hash)."""
+    parts = [
+        str(transaction_id),
+        str(community_id),
+        kind,
+        occurred_on,
+        str(reverses_id or ""),
+        memo,
+        *(f"{account}:{minutes}" for account, minutes in sorted(lines, key=lambda x: str(x[0]))),
+    ]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+async def content_hashes(session: AsyncSession, community_id: uuid.UUID | None) -> CheckResult:
+    """Recompute every transaction's content hash from its rows: an edit made behind the
+    service (a memo, an amount, a moved entry) shows here, naming the transaction."""
+    result = CheckResult(
+        "content_hashes",
+        "Each transaction's stored content hash matches its memo, kind, date and entries.",
+    )
+    stmt = (
+        select(
+            Transaction.id,
+            Transaction.community_id,
+            Transaction.kind,
+            Transaction.occurred_on,
+            Transaction.reverses_id,
+            Transaction.memo,
+            Transaction.content_hash,
+            Entry.account_id,
+            Entry.amount,
+        )
+        .join(Entry, Entry.transaction_id == Transaction.id)
+        .where(_in_community(Transaction.community_id, community_id))
+        .order_by(Transaction.id)
+        .execution_options(yield_per=5000)
+    )
+    current: Any = None
+    lines: list[tuple[uuid.UUID, int]] = []
+
+    def finish() -> None:
+        if current is None:
+            return
+        recomputed = transaction_content_hash(
+            current.id,
+            current.community_id,
+            current.kind,
+            current.occurred_on.isoformat(),
+            current.reverses_id,
+            current.memo,
+            lines,
+        )
+        if recomputed != current.content_hash:
+            result.add(
+                Finding(
+                    f"Transaction {current.id}'s content no longer matches its hash: edited behind the service.",
+                    {"transaction_id": str(current.id)},
+                    expected=current.content_hash,
+                    found=recomputed,
+                )
+            )
+
+    async for partition in (await session.stream(stmt)).partitions():
+        for row in partition:
+            if current is None or row.id != current.id:
+                finish()
+                current, lines = row, []
+            lines.append((row.account_id, row.amount))
+    finish()
+    return result
+
+
+CHECKS = (
+    transactions_balance,
+    community_sums,
+    cached_totals,
+    balance_chains,
+    limits_respected,
+    reversals,
+    exchanges_posted_once,
+    idempotency_records,
+    fund_history,
+    content_hashes,
+)

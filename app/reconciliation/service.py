@@ -1,0 +1,253 @@
+"""Reconciliation runs: prove the books are right, detect tampering, seal them.
+
+A run only reads the ledger. It works in three steps so concurrent postings neither wait for
+it nor confuse it (docs/seals.md):
+
+1. settle a high-water mark (the highest entry id that can no longer change);
+2. run every check and verify the seal chain inside one read snapshot (REPEATABLE READ on
+   PostgreSQL, a deferred WAL read transaction on SQLite): postings that commit meanwhile are
+   simply not in the snapshot;
+3. if everything passed, append a seal covering the entries up to the mark.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.core.clock import utcnow
+from app.core.database import READ_SNAPSHOT_OPTION
+from app.core.pagination import PageParams, paginate_by_id
+from app.models import Account, Entry, ReconciliationRun
+from app.models.reconciliation import RunStatus
+from app.reconciliation import seals
+from app.reconciliation.checks import CHECKS
+from app.reconciliation.findings import CheckResult
+
+logger = logging.getLogger("timebank.reconciliation")
+
+
+async def create_run(
+    session: AsyncSession, *, community_id: uuid.UUID | None, seal: bool, user_id: uuid.UUID | None
+) -> ReconciliationRun:
+    run = ReconciliationRun(
+        community_id=community_id,
+        status=RunStatus.queued.value,
+        seal_requested=seal,
+        requested_by_user_id=user_id,
+        report={},
+    )
+    session.add(run)
+    await session.flush()
+    return run
+
+
+async def list_runs(
+    session: AsyncSession, params: PageParams, community_ids: list[uuid.UUID] | None
+) -> tuple[list[ReconciliationRun], str | None]:
+    stmt = select(ReconciliationRun)
+    if community_ids is not None:
+        stmt = stmt.where(ReconciliationRun.community_id.in_(community_ids))
+    return await paginate_by_id(
+        session, stmt, ReconciliationRun.id, params, newest_first=True, row_id=lambda r: r.id
+    )
+
+
+@asynccontextmanager
+async def read_snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    async with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            connection = await connection.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+        else:
+            connection = await connection.execution_options(**{READ_SNAPSHOT_OPTION: True})
+        async with (
+            connection.begin(),
+            AsyncSession(bind=connection, expire_on_commit=False) as session,
+        ):
+            yield session
+
+
+async def _set(
+    sessionmaker: async_sessionmaker[AsyncSession], run_id: uuid.UUID, **values: Any
+) -> None:
+    async with sessionmaker() as session, session.begin():
+        await session.execute(
+            update(ReconciliationRun).where(ReconciliationRun.id == run_id).values(**values)
+        )
+
+
+async def execute_run(engine: AsyncEngine, run_id: uuid.UUID) -> ReconciliationRun:
+    """Carry out a queued run and store its report. Never raises for what it finds; a run that
+    cannot finish is stored with status ``error``."""
+    sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+    async with sessionmaker() as session:
+        run = await session.get(ReconciliationRun, run_id)
+        assert run is not None
+        community_id, seal_requested = run.community_id, run.seal_requested
+    started = time.perf_counter()
+    await _set(
+        sessionmaker, run_id, status=RunStatus.running.value, started_at=utcnow(), progress=1
+    )
+    try:
+        report = await _run_checks(engine, sessionmaker, run_id, community_id, seal_requested)
+    except Exception as exc:  # the run failed to run: say so, keep the service up
+        logger.exception("reconciliation run %s failed", run_id)
+        await _set(
+            sessionmaker,
+            run_id,
+            status=RunStatus.error.value,
+            finished_at=utcnow(),
+            report={"error": f"{type(exc).__name__}: {exc}"},
+        )
+    else:
+        report["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        findings = sum(c["findings_total"] for c in report["checks"]) + len(report["tampering"])
+        await _set(
+            sessionmaker,
+            run_id,
+            status=(RunStatus.passed if findings == 0 else RunStatus.failed).value,
+            finished_at=utcnow(),
+            progress=100,
+            findings_count=findings,
+            report=report,
+            seal_id=uuid.UUID(report["seal"]["id"]) if report.get("seal") else None,
+        )
+    async with sessionmaker() as session:
+        final = await session.get(ReconciliationRun, run_id)
+        assert final is not None
+        return final
+
+
+async def _run_checks(
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    run_id: uuid.UUID,
+    community_id: uuid.UUID | None,
+    seal_requested: bool,
+) -> dict[str, Any]:
+    async with engine.connect() as connection:
+        high_water, settled = await seals.settled_high_water(connection)
+    steps = len(CHECKS) + 2
+    results: list[CheckResult] = []
+    async with read_snapshot(engine) as snapshot:
+        for index, check in enumerate(CHECKS, start=1):
+            results.append(await check(snapshot, community_id))
+            await _set(sessionmaker, run_id, progress=int(100 * index / steps))
+        tampering, last_seal, verified = await seals.verify_chain(snapshot)
+        await _set(sessionmaker, run_id, progress=int(100 * (steps - 1) / steps))
+        passed = all(r.passed for r in results) and not tampering
+        span = None
+        low = last_seal.high_water if last_seal else 0
+        if passed and seal_requested and community_id is None and settled and high_water > low:
+            span = await seals.digest_span(snapshot, low, high_water)
+
+    seal_report: dict[str, Any] | None = None
+    note = None
+    if span is not None:
+        seal = seals.new_seal(last_seal, span)
+        try:
+            async with sessionmaker() as session, session.begin():
+                session.add(seal)
+        except IntegrityError:
+            note = "Another run sealed the same range first; nothing new sealed."
+        else:
+            seal_report = {
+                "id": str(seal.id),
+                "previous_high_water": seal.previous_high_water,
+                "high_water": seal.high_water,
+                "entries": seal.entry_count,
+                "chained_digest": seal.chained_digest,
+            }
+    elif seal_requested and passed:
+        if community_id is not None:
+            note = "Seals cover the whole ledger: run without a community to seal."
+        elif not settled:
+            note = "A posting stayed in flight; nothing new sealed this time."
+        else:
+            note = "Nothing new to seal."
+    return {
+        "scope": {"community_id": str(community_id) if community_id else None},
+        "high_water": high_water,
+        "checks": [r.as_dict() for r in results],
+        "tampering": [t.__dict__ for t in tampering],
+        "sealed_entries_verified": verified,
+        "seal": seal_report,
+        "seal_note": note,
+    }
+
+
+def render_text(run: ReconciliationRun) -> str:
+    """A report a person can read at a terminal."""
+    report = run.report
+    lines = [f"Reconciliation {run.id}: {run.status.upper()}"]
+    if "error" in report:
+        lines.append(f"  error: {report['error']}")
+        return "\n".join(lines)
+    scope = report["scope"]["community_id"] or "all communities"
+    lines.append(
+        f"  scope: {scope}; entries up to id {report['high_water']}; {report.get('duration_ms')} ms"
+    )
+    for check in report["checks"]:
+        mark = "ok  " if check["status"] == "pass" else "FAIL"
+        lines.append(f"  [{mark}] {check['name']}: {check['description']}")
+        for finding in check["findings"][:20]:
+            lines.append(
+                f"         - {finding['message']} expected {finding['expected']!r}, found {finding['found']!r}"
+            )
+        if check["findings_total"] > 20:
+            lines.append(f"         ... and {check['findings_total'] - 20} more")
+    lines.append(f"  sealed entries re-verified: {report['sealed_entries_verified']}")
+    for tamper in report["tampering"]:
+        lines.append(f"  [TAMPER] {tamper['message']}")
+    if report.get("seal"):
+        seal = report["seal"]
+        lines.append(
+            f"  sealed entries ({seal['previous_high_water']}, {seal['high_water']}]: {seal['chained_digest']}"
+        )
+    elif report.get("seal_note"):
+        lines.append(f"  seal: {report['seal_note']}")
+    return "\n".join(lines)
+
+
+async def repair_balances(session: AsyncSession) -> list[dict[str, Any]]:
+    """Rebuild cached balances, versions and totals from entries; returns every change made.
+    Entries are the truth; this never touches them. Accounts are locked while it works."""
+    accounts = list(await session.scalars(select(Account).order_by(Account.id).with_for_update()))
+    earned = func.sum(case((Entry.amount > 0, Entry.amount), else_=0))
+    spent = func.sum(case((Entry.amount < 0, -Entry.amount), else_=0))
+    sums = {
+        account_id: (int(total), int(count), int(earned_total), int(spent_total))
+        for account_id, total, count, earned_total, spent_total in await session.execute(
+            select(Entry.account_id, func.sum(Entry.amount), func.count(), earned, spent).group_by(
+                Entry.account_id
+            )
+        )
+    }
+    changes = []
+    for account in accounts:
+        balance, version, earned_total, spent_total = sums.get(account.id, (0, 0, 0, 0))
+        wanted = {
+            "balance": balance,
+            "version": version,
+            "earned_total": earned_total,
+            "spent_total": spent_total,
+        }
+        current = {name: getattr(account, name) for name in wanted}
+        if current != wanted:
+            changes.append({"account_id": str(account.id), "from": current, "to": wanted})
+            logger.warning("repair-balances: account %s %s -> %s", account.id, current, wanted)
+            for name, value in wanted.items():
+                setattr(account, name, value)
+            account.updated_at = utcnow()
+    await session.flush()
+    return changes

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from httpx import AsyncClient
+from sqlalchemy import text
+
+from tests.factories import Actor, Api, expect
+from tests.ledger.helpers import post
+
+pytestmark = pytest.mark.anyio
+
+
+async def reconcile(client: AsyncClient, admin: Actor, **body: Any) -> dict[str, Any]:
+    started = expect(
+        await client.post("/v1/admin/reconciliations", json=body, headers=admin.headers), 202
+    )
+    run: dict[str, Any] = expect(
+        await client.get(f"/v1/admin/reconciliations/{started['id']}", headers=admin.headers), 200
+    )
+    return run
+
+
+def failing(run: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    return {c["name"]: c["findings"] for c in run["report"]["checks"] if c["status"] == "fail"}
+
+
+async def books(client: AsyncClient, app: FastAPI) -> tuple[Actor, list[Actor]]:
+    api = Api(client, app)
+    community, admin = await api.community()
+    members = [await api.member(community["id"], admin) for _ in range(3)]
+    for a, b in ((0, 1), (1, 2), (2, 0), (0, 2)):
+        await post(
+            client,
+            community["id"],
+            admin,
+            [(members[a].account_id, 45), (members[b].account_id, -45)],
+        )
+    platform = await api.platform_admin()
+    return platform, members
+
+
+async def test_clean_books_pass_and_are_sealed_then_reverified(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    platform, _ = await books(client, app)
+    first = await reconcile(client, platform)
+    assert first["status"] == "passed", failing(first)
+    assert first["report"]["seal"]["high_water"] == 8
+    second = await reconcile(client, platform)
+    assert second["status"] == "passed"
+    assert second["report"]["sealed_entries_verified"] == 8
+    assert second["report"]["seal_note"] == "Nothing new to seal."
+
+
+async def test_a_wrong_cached_balance_is_named(client: AsyncClient, app: FastAPI) -> None:
+    platform, members = await books(client, app)
+    async with app.state.sessionmaker() as session, session.begin():
+        await session.execute(
+            text(
+                "UPDATE accounts SET balance = balance + 5, earned_total = earned_total + 5 WHERE id = :id"
+            ),
+            {
+                "id": members[0].account_id.replace("-", "")
+                if app.state.engine.dialect.name == "sqlite"
+                else members[0].account_id
+            },
+        )
+    run = await reconcile(client, platform)
+    assert run["status"] == "failed"
+    findings = failing(run)
+    assert set(findings) == {"balances_sum_to_zero", "cached_totals"}
+    assert findings["cached_totals"][0]["rows"] == {"account_id": members[0].account_id}
+    assert (
+        findings["cached_totals"][0]["expected"]["balance"] + 5
+        == findings["cached_totals"][0]["found"]["balance"]
+    )
+
+
+async def test_an_edited_sealed_entry_is_reported_as_tampering(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    platform, _ = await books(client, app)
+    sealed = await reconcile(client, platform)
+    assert sealed["status"] == "passed"
+    async with app.state.sessionmaker() as session, session.begin():
+        if app.state.engine.dialect.name == "postgresql":
+            await session.execute(text("ALTER TABLE entries DISABLE TRIGGER entries_append_only"))
+            await session.execute(
+                text(
+                    "UPDATE entries SET amount = amount + 1, balance_after = balance_after + 1 WHERE id = 3"
+                )
+            )
+            await session.execute(text("ALTER TABLE entries ENABLE TRIGGER entries_append_only"))
+        else:
+            await session.execute(text("DROP TRIGGER entries_no_update"))
+            await session.execute(
+                text(
+                    "UPDATE entries SET amount = amount + 1, balance_after = balance_after + 1 WHERE id = 3"
+                )
+            )
+    run = await reconcile(client, platform)
+    assert run["status"] == "failed"
+    assert run["report"]["tampering"][0]["first_bad_block"] == 0
+    assert "content_hashes" in failing(run)
+    assert run["report"]["seal"] is None

@@ -128,6 +128,57 @@ def _cmd_seed_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reconcile(args: argparse.Namespace) -> int:
+    """Exit 0 when the books are clean, 1 on findings, 2 when the run could not be made."""
+    from app.cli_tasks import reconcile
+    from app.models.reconciliation import RunStatus
+    from app.reconciliation.service import render_text
+
+    try:
+        run = asyncio.run(reconcile(get_settings(), args.community, args.seal))
+    except Exception as exc:
+        print(f"reconciliation could not run: {exc}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        print(
+            json.dumps(
+                {"id": str(run.id), "status": run.status, "report": run.report},
+                indent=2,
+                default=str,
+            )
+        )
+    else:
+        print(render_text(run))
+    return {RunStatus.passed: 0, RunStatus.failed: 1}.get(RunStatus(run.status), 2)
+
+
+def _cmd_repair_balances(args: argparse.Namespace) -> int:
+    from app.cli_tasks import repair_balances
+
+    changes = asyncio.run(repair_balances(get_settings()))
+    for change in changes:
+        print(f"account {change['account_id']}: {change['from']} -> {change['to']}")
+    print(f"{len(changes)} account(s) repaired")
+    return 0
+
+
+def _cmd_auto_confirm(args: argparse.Namespace) -> int:
+    from app.cli_tasks import auto_confirm
+
+    posted, skipped = asyncio.run(auto_confirm(get_settings()))
+    print(f"auto-confirmed {posted} exchange(s); {skipped} left proposed (a limit refused them)")
+    return 0
+
+
+def _cmd_purge_idempotency_keys(args: argparse.Namespace) -> int:
+    from app.cli_tasks import purge_idempotency_keys
+
+    print(
+        f"purged {asyncio.run(purge_idempotency_keys(get_settings()))} expired idempotency key(s)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="timebank", description="Run and manage a timebank service."
@@ -153,6 +204,27 @@ def build_parser() -> argparse.ArgumentParser:
     seed = sub.add_parser("seed-demo", help="create a small realistic demo community")
     seed.add_argument("--password", default="timebank-demo", help="password of every demo login")
     seed.set_defaults(handler=_cmd_seed_demo)
+
+    rec = sub.add_parser(
+        "reconcile", help="check the books (exit 0 clean, 1 findings, 2 error) and seal them"
+    )
+    rec.add_argument("--community", metavar="SLUG", help="check one community (no seal)")
+    rec.add_argument("--format", choices=("text", "json"), default="text")
+    rec.add_argument("--seal", action="store_true", help="append a seal when every check passes")
+    rec.set_defaults(handler=_cmd_reconcile)
+
+    repair = sub.add_parser(
+        "repair-balances", help="rebuild cached balances from entries, logging every change"
+    )
+    repair.set_defaults(handler=_cmd_repair_balances)
+
+    auto = sub.add_parser(
+        "auto-confirm", help="confirm proposals older than each community's auto-confirm days"
+    )
+    auto.set_defaults(handler=_cmd_auto_confirm)
+
+    purge = sub.add_parser("purge-idempotency-keys", help="delete idempotency keys past retention")
+    purge.set_defaults(handler=_cmd_purge_idempotency_keys)
 
     api = sub.add_parser("openapi", help="write openapi/openapi.json from the app")
     api.add_argument("--check", action="store_true", help="exit 1 if the committed file differs")

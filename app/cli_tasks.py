@@ -10,11 +10,14 @@ from app.core.clock import utcnow
 from app.core.config import Settings
 from app.core.database import create_engine, create_sessionmaker
 from app.core.security import PasswordService
+from app.exchanges import service as exchanges_service
 from app.identity import service
 from app.identity.schemas import CommunityCreate, CreatorMembership
 from app.ledger.accounts import open_member_account
-from app.models import Community, Member
+from app.ledger.idempotency import purge_expired
+from app.models import Community, Member, ReconciliationRun
 from app.models.identity import MemberKind, MemberRole, MemberStatus
+from app.reconciliation import service as reconciliation_service
 
 
 async def create_platform_admin(
@@ -143,5 +146,54 @@ async def seed_demo(settings: Settings, *, password: str) -> str:
             f"seeded community '{DEMO_SLUG}' ({community.id}) with {len(DEMO_PEOPLE) + 1} members; "
             f"logins (password {password!r}): {', '.join(logins)}"
         )
+    finally:
+        await engine.dispose()
+
+
+async def reconcile(
+    settings: Settings, community_slug: str | None, seal: bool
+) -> ReconciliationRun:
+    """Run the reconciliation checks now, in this process; returns the finished run."""
+    engine = create_engine(settings)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            community_id = None
+            if community_slug is not None:
+                community_id = await session.scalar(
+                    select(Community.id).where(Community.slug == community_slug)
+                )
+                if community_id is None:
+                    raise LookupError(f"no community has the slug {community_slug!r}")
+            run = await reconciliation_service.create_run(
+                session, community_id=community_id, seal=seal, user_id=None
+            )
+        return await reconciliation_service.execute_run(engine, run.id)
+    finally:
+        await engine.dispose()
+
+
+async def repair_balances(settings: Settings) -> list[dict[str, object]]:
+    engine = create_engine(settings)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            return await reconciliation_service.repair_balances(session)
+    finally:
+        await engine.dispose()
+
+
+async def auto_confirm(settings: Settings) -> tuple[int, int]:
+    engine = create_engine(settings)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            return await exchanges_service.auto_confirm_due(session)
+    finally:
+        await engine.dispose()
+
+
+async def purge_idempotency_keys(settings: Settings) -> int:
+    engine = create_engine(settings)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            return await purge_expired(session)
     finally:
         await engine.dispose()

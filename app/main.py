@@ -15,7 +15,7 @@ from pydantic.json_schema import models_json_schema
 from sqlalchemy import text
 
 from app.core.config import Settings, get_settings
-from app.core.database import create_engine, create_sessionmaker
+from app.core.database import READ_SNAPSHOT_OPTION, create_engine, create_sessionmaker
 from app.core.errors import DomainError, Problem, error_responses, install_error_handlers
 from app.core.observability import Metrics, RequestContextMiddleware, configure_logging
 from app.core.security import PasswordService, TokenService
@@ -25,7 +25,9 @@ from app.identity.login_throttle import LoginThrottle
 from app.identity.router import auth_router
 from app.identity.router import router as identity_router
 from app.ledger.router import router as ledger_router
+from app.network.router import router as network_router
 from app.reconciliation.router import router as reconciliation_router
+from app.reports.router import router as reports_router
 
 API_DESCRIPTION = """\
 The books of a community time bank: a double-entry ledger of hours kept in whole minutes,
@@ -46,6 +48,8 @@ OPENAPI_TAGS = [
     {"name": "listings", "description": "Offers and requests: what people can give and need"},
     {"name": "exchanges", "description": "Help given and received, confirmed and posted"},
     {"name": "fund", "description": "The community fund: donations in, grants out"},
+    {"name": "network", "description": "Support connections between members and their metrics"},
+    {"name": "reports", "description": "Activity and co-production indicators"},
     {"name": "reconciliation", "description": "Proving the books: checks, seals, external records"},
     {"name": "operations", "description": "Health, readiness and metrics"},
 ]
@@ -118,6 +122,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(identity_router)
     app.include_router(ledger_router)
     app.include_router(exchanges_router)
+    app.include_router(network_router)
+    app.include_router(reports_router)
     app.include_router(reconciliation_router)
     _add_operations_routes(app)
     return app
@@ -159,6 +165,8 @@ def _add_operations_routes(app: FastAPI) -> None:
         """The database answers."""
         try:
             async with request.app.state.engine.connect() as conn:
+                # A read snapshot: on SQLite a plain BEGIN IMMEDIATE would queue behind writers.
+                await conn.execution_options(**{READ_SNAPSHOT_OPTION: True})
                 await conn.execute(text("SELECT 1"))
         except Exception as exc:
             raise DatabaseUnavailable("The database did not answer.") from exc

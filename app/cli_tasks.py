@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.access.community import CommunityAccess
+from app.access.principal import Principal
 from app.core.clock import utcnow
 from app.core.config import Settings
 from app.core.database import create_engine, create_sessionmaker
 from app.core.security import PasswordService
 from app.exchanges import service as exchanges_service
+from app.exchanges.schemas import (
+    DonationCreate,
+    ExchangeCreate,
+    GrantCreate,
+    ListingCreate,
+    PartyInput,
+)
 from app.identity import service
 from app.identity.schemas import CommunityCreate, CreatorMembership
 from app.ledger.accounts import open_member_account
 from app.ledger.idempotency import purge_expired
-from app.models import Community, Member, ReconciliationRun
+from app.models import Community, Member, ReconciliationRun, User
+from app.models.exchanges import ListingType
 from app.models.identity import MemberKind, MemberRole, MemberStatus
 from app.reconciliation import service as reconciliation_service
 
@@ -121,10 +133,12 @@ async def seed_demo(settings: Settings, *, password: str) -> str:
                 ),
             )
             logins = [admin_email]
+            members: list[Member] = []
             for index, (name, kind, role, skills, needs) in enumerate(DEMO_PEOPLE):
                 user_id = None
                 if index < 6:  # the rest have no login: a coordinator acts for them
-                    email = f"{name.split()[0].lower().strip('(')}@riverside.example"
+                    first_name = next(w for w in name.split() if w not in ("Dr", "Mr", "Ms"))
+                    email = f"{first_name.lower()}@riverside.example"
                     user = await service.create_user(session, passwords, email, password)
                     user_id = user.id
                     logins.append(email)
@@ -142,12 +156,79 @@ async def seed_demo(settings: Settings, *, password: str) -> str:
                 session.add(member)
                 await session.flush()
                 await open_member_account(session, community, member)
+                members.append(member)
+            await _seed_activity(session, community, admin, members)
         return (
             f"seeded community '{DEMO_SLUG}' ({community.id}) with {len(DEMO_PEOPLE) + 1} members; "
             f"logins (password {password!r}): {', '.join(logins)}"
         )
     finally:
         await engine.dispose()
+
+
+async def _seed_activity(
+    session: AsyncSession, community: Community, admin: User, members: list[Member]
+) -> None:
+    """A few weeks of life: listings, recorded exchanges (roles blurring), a donation, a grant."""
+    founder = await session.scalar(
+        select(Member).where(Member.community_id == community.id, Member.user_id == admin.id)
+    )
+    access = CommunityAccess(
+        community=community,
+        principal=Principal(user=admin, client=None, scopes=frozenset()),
+        membership=founder,
+    )
+    _coordinator, gp, nurse, joan, dev, ellie, kwame, rosa, library = members
+    listings = [
+        (joan, ListingType.offer, "Allotment help and seedlings", "gardening", ["vegetables"]),
+        (dev, ListingType.offer, "Setting up phones and tablets", "IT help", ["smartphones"]),
+        (gp, ListingType.request, "Someone to show me how to prune roses", "gardening", ["roses"]),
+        (ellie, ListingType.request, "Help moving a wardrobe", "household", []),
+        (library, ListingType.offer, "Room for groups, Tuesday evenings", "admin/office", []),
+    ]
+    for owner, kind, title, category, tags in listings:
+        owner_access = CommunityAccess(
+            community=community, principal=access.principal, membership=owner
+        )
+        await exchanges_service.create_listing(
+            session,
+            owner_access,
+            ListingCreate(type=kind, title=title, category=category, tags=tags),
+        )
+    today = utcnow().date()
+    exchanges = [
+        (
+            [(nurse, 60)],
+            [joan, dev, ellie, kwame, rosa],
+            "Chair yoga session",
+            "health and wellbeing",
+            20,
+        ),
+        ([(joan, 120)], [gp], "Taught Dr Okafor to prune roses", "gardening", 14),
+        ([(dev, 90)], [library], "Set up the library's booking tablet", "IT help", 10),
+        ([(kwame, 45)], [ellie], "Lift to the surgery", "transport", 7),
+        ([(ellie, 60)], [rosa], "Afternoon tea and a chat", "companionship", 3),
+    ]
+    for providers, receivers, description, category, days_ago in exchanges:
+        await exchanges_service.propose_exchange(
+            session,
+            access,
+            ExchangeCreate(
+                providers=[PartyInput(member_id=str(p.id), minutes=m) for p, m in providers],
+                receivers=[PartyInput(member_id=str(r.id)) for r in receivers],
+                split="equal",
+                mode="record",
+                description=description,
+                category=category,
+                occurred_on=today - timedelta(days=days_ago),
+            ),
+        )
+    await exchanges_service.donate(
+        session, access, DonationCreate(minutes=30, member_id=str(joan.id))
+    )
+    await exchanges_service.grant(
+        session, access, GrantCreate(member_id=str(rosa.id), minutes=20, reason="Settling in")
+    )
 
 
 async def reconcile(

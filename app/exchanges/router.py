@@ -345,6 +345,8 @@ _TRANSITION_ERRORS = (errors.ExchangeNotFound, errors.InvalidTransition, errors.
         errors.AlreadyConfirmed,
         errors.CannotConfirmOwnProposal,
         errors.ThanksFromReceiversOnly,
+        errors.CoordinatorRequired,
+        errors.PartyNotFound,
     ),
 )
 async def confirm_exchange(

@@ -6,12 +6,14 @@ from typing import Annotated, Literal, Self
 from pydantic import Field, StringConstraints, model_validator
 
 from app.core.schemas import InputModel, OutputModel, PatchModel, PublicId, TagList
+from app.ledger.posting import MAX_ENTRIES_PER_TRANSACTION
 from app.ledger.schemas import AccountRead
 from app.models.exchanges import ExchangeStatus, ListingStatus, ListingType, PartyRole, Resolution
 from app.models.identity import MemberKind
 
 MAX_PARTY_MINUTES = 24 * 60
 MAX_PARTIES = 50
+MAX_PARTIES_TOTAL = MAX_ENTRIES_PER_TRANSACTION - 1  # room for the fund's entry
 
 IdText = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 CategoryName = Annotated[str, StringConstraints(min_length=1, max_length=60, strip_whitespace=True)]
@@ -115,6 +117,10 @@ class ExchangeCreate(InputModel):
 
     @model_validator(mode="after")
     def _minutes_present(self) -> Self:
+        if len(self.providers) + len(self.receivers) > MAX_PARTIES_TOTAL:
+            # One ledger entry per party plus one for the fund must fit in one transaction;
+            # refusing here beats accepting a proposal that no confirmation could ever post.
+            raise ValueError(f"at most {MAX_PARTIES_TOTAL} parties in one exchange")
         if any(p.minutes is None for p in self.providers):
             raise ValueError("every provider needs minutes")
         if self.split == "explicit" and any(r.minutes is None for r in self.receivers):

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, delete, exists, func, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.community import CommunityAccess
@@ -31,12 +32,13 @@ from app.exchanges.schemas import (
     ThanksRead,
 )
 from app.ledger import service as ledger_service
-from app.ledger.errors import LedgerError
+from app.ledger.errors import AlreadyReversed, LedgerError
 from app.ledger.posting import Poster, PostingRequest, post_transaction
 from app.models import (
     Account,
     Category,
     Community,
+    Entry,
     Exchange,
     ExchangeEvent,
     ExchangeParty,
@@ -96,7 +98,12 @@ async def categories_of(session: AsyncSession, community: Community) -> tuple[li
 async def set_categories(
     session: AsyncSession, community: Community, names: Sequence[str]
 ) -> list[str]:
-    unique = list(dict.fromkeys(names))
+    # One category per name whatever its case: lookups ignore case, so "Gardening" and
+    # "gardening" side by side would be one category with two spellings.
+    by_folded: dict[str, str] = {}
+    for name in names:
+        by_folded.setdefault(name.casefold(), name)
+    unique = list(by_folded.values())
     await session.execute(delete(Category).where(Category.community_id == community.id))
     session.add_all(
         Category(community_id=community.id, name=name, position=index)
@@ -187,8 +194,9 @@ async def list_listings(
     if tag is not None:
         normalised = " ".join(tag.lower().split())
         stmt = stmt.where(Listing.tag_index.like(f"%|{_like_escape(normalised)}|%", escape="\\"))
-    if text:
-        pattern = f"%{_like_escape(text.lower())}%"
+    for word in (text or "").lower().split():
+        # Every word must appear (in the title or the description), in any order.
+        pattern = f"%{_like_escape(word)}%"
         stmt = stmt.where(
             or_(
                 func.lower(Listing.title).like(pattern, escape="\\"),
@@ -348,16 +356,18 @@ async def propose_exchange(
     await session.flush()
     now = utcnow()
     for member, role, minutes in parties:
-        is_proposer = member.id == own_id
+        confirmed = member.id == own_id or data.mode == "record"
         session.add(
             ExchangeParty(
                 exchange_id=exchange.id,
                 member_id=member.id,
                 role=role.value,
                 minutes=minutes,
-                must_confirm=data.mode == "propose" and not is_proposer,
-                confirmed_at=now if is_proposer or data.mode == "record" else None,
-                confirmed_by_user_id=access.principal.user.id if access.principal.user else None,
+                must_confirm=not confirmed,
+                confirmed_at=now if confirmed else None,
+                confirmed_by_user_id=(
+                    access.principal.user.id if confirmed and access.principal.user else None
+                ),
             )
         )
     await session.flush()
@@ -471,6 +481,9 @@ async def _post(session: AsyncSession, access: CommunityAccess | None, exchange:
 # --- exchanges: transitions ---------------------------------------------------------------
 
 
+_POSTED = (ExchangeStatus.confirmed, ExchangeStatus.disputed, ExchangeStatus.resolved)
+
+
 def _require_status(exchange: Exchange, *allowed: ExchangeStatus) -> ExchangeStatus:
     current = ExchangeStatus(exchange.status)
     if current not in allowed:
@@ -484,6 +497,9 @@ def _require_status(exchange: Exchange, *allowed: ExchangeStatus) -> ExchangeSta
 async def confirm_exchange(
     session: AsyncSession, access: CommunityAccess, exchange: Exchange, data: ConfirmInput
 ) -> Exchange:
+    if ExchangeStatus(exchange.status) in _POSTED:
+        # A second click after the posting: say what happened rather than "wrong state".
+        raise errors.AlreadyConfirmed("This exchange is already confirmed and posted.")
     _require_status(exchange, ExchangeStatus.proposed)
     parties = await _parties(session, exchange)
     own_id = _own_member_id(access)
@@ -491,13 +507,20 @@ async def confirm_exchange(
     coordinator = acts_as_coordinator(access)
     now = utcnow()
     user_id = access.principal.user.id if access.principal.user else None
+    on_behalf_of = data.on_behalf_of
+    if on_behalf_of is not None and own_id is not None and parse_id(on_behalf_of) == own_id:
+        on_behalf_of = None  # naming yourself is confirming your own share
+    if on_behalf_of is not None and not coordinator:
+        raise errors.CoordinatorRequired("Only coordinators confirm on someone else's behalf.")
 
-    if data.thanks is not None and (own_party is None or own_party.role != PartyRole.receiver):
+    if data.thanks is not None and (
+        own_party is None or own_party.role != PartyRole.receiver or on_behalf_of is not None
+    ):
         raise errors.ThanksFromReceiversOnly(
             "Only a receiver confirming their own share leaves thanks."
         )
 
-    if own_party is not None and own_party.must_confirm and data.on_behalf_of is None:
+    if own_party is not None and own_party.must_confirm and on_behalf_of is None:
         if own_party.confirmed_at is not None:
             raise errors.AlreadyConfirmed("You have already confirmed this exchange.")
         own_party.confirmed_at = now
@@ -507,8 +530,10 @@ async def confirm_exchange(
             exchange.needs_coordinator = False
     elif coordinator:
         targets = [p for p in parties if p.must_confirm and p.confirmed_at is None]
-        if data.on_behalf_of is not None:
-            wanted = parse_id(data.on_behalf_of)
+        if on_behalf_of is not None:
+            wanted = parse_id(on_behalf_of)
+            if not any(p.member_id == wanted for p in parties):
+                raise errors.PartyNotFound(f"{on_behalf_of!r} is not a party to this exchange.")
             targets = [p for p in targets if p.member_id == wanted]
             if not targets:
                 raise errors.AlreadyConfirmed("That party has nothing left to confirm.")
@@ -517,7 +542,7 @@ async def confirm_exchange(
         for party in targets:
             party.confirmed_at = now
             party.confirmed_by_user_id = user_id
-        if data.on_behalf_of is None:
+        if on_behalf_of is None:
             exchange.needs_coordinator = False
     elif own_party is not None and own_party.confirmed_at is not None:
         raise errors.CannotConfirmOwnProposal(
@@ -590,21 +615,55 @@ async def resolve_exchange(
     outcome: Resolution,
     note: str,
 ) -> Exchange:
-    _require_status(exchange, ExchangeStatus.disputed)
     if not acts_as_coordinator(access):
         raise errors.CoordinatorRequired("Only coordinators resolve disputes.")
+    _require_status(exchange, ExchangeStatus.disputed)
     if outcome == Resolution.reversed:
-        assert exchange.transaction_id is not None
-        original = await session.get(Transaction, exchange.transaction_id)
-        assert original is not None
-        reversal = await ledger_service.reverse_transaction(
-            session, access, original, f"Dispute resolved by reversal: {note}"[:500]
+        exchange.reversal_transaction_id = await _reverse_posting(
+            session, access, exchange, f"Dispute resolved by reversal: {note}"[:500]
         )
-        exchange.reversal_transaction_id = reversal.id
     exchange.resolution = outcome.value
     return await _move(
         session, access, exchange, f"resolve_{outcome.value}", ExchangeStatus.resolved, note
     )
+
+
+async def _reverse_posting(
+    session: AsyncSession, access: CommunityAccess, exchange: Exchange, memo: str
+) -> uuid.UUID:
+    """Post the reversal of the exchange's transaction.
+
+    Posted as whoever resolves the dispute: the exchange rules already decided they may (a
+    partner client with ``exchanges:write`` resolves disputes without needing ``ledger:write``).
+    """
+    assert exchange.transaction_id is not None
+    original_id = exchange.transaction_id
+    if await session.scalar(select(Transaction.id).where(Transaction.reverses_id == original_id)):
+        raise AlreadyReversed(f"Transaction {original_id} has already been reversed.")
+    lines = (
+        await session.execute(
+            select(Entry.account_id, Entry.amount)
+            .where(Entry.transaction_id == original_id)
+            .order_by(Entry.id)
+        )
+    ).all()
+    try:
+        posted = await post_transaction(
+            session,
+            access.community,
+            PostingRequest(
+                kind=TransactionKind.reversal,
+                lines=tuple((account_id, -amount) for account_id, amount in lines),
+                occurred_on=utcnow().date(),
+                memo=memo,
+                details={"reverses": str(original_id), "exchange_id": str(exchange.id)},
+                reverses_id=original_id,
+            ),
+            poster=poster_of(access),
+        )
+    except IntegrityError as exc:  # a concurrent reversal won the race on the unique index
+        raise AlreadyReversed(f"Transaction {original_id} has already been reversed.") from exc
+    return posted.id
 
 
 async def _move(
@@ -634,6 +693,8 @@ async def auto_confirm_due(session: AsyncSession, now: datetime | None = None) -
         .join(Community, Community.id == Exchange.community_id)
         .where(
             Exchange.status == ExchangeStatus.proposed.value,
+            # The coordinator confirmation policy is never bypassed by a timer.
+            Exchange.needs_coordinator.is_(False),
             Community.auto_confirm_after_days.is_not(None),
         )
         .order_by(Exchange.id)
@@ -647,7 +708,6 @@ async def auto_confirm_due(session: AsyncSession, now: datetime | None = None) -
                 for party in await _parties(session, exchange):
                     if party.confirmed_at is None:
                         party.confirmed_at = now
-                exchange.needs_coordinator = False
                 _event(
                     session,
                     exchange,
@@ -856,8 +916,14 @@ async def thanks_for(
     provided = select(ExchangeParty.exchange_id).where(
         ExchangeParty.member_id == member.id, ExchangeParty.role == PartyRole.provider.value
     )
+    standing = select(Exchange.id).where(
+        Exchange.transaction_id.is_not(None), Exchange.reversal_transaction_id.is_(None)
+    )
     stmt = select(ExchangeParty).where(
         ExchangeParty.exchange_id.in_(provided),
+        # A note left on a proposal that was later rejected, or on help reversed in a
+        # dispute, would thank someone for help the books say never happened.
+        ExchangeParty.exchange_id.in_(standing),
         ExchangeParty.role == PartyRole.receiver.value,
         ExchangeParty.thanks.is_not(None),
     )

@@ -87,6 +87,13 @@ class RoleChangeNotAllowed(Forbidden):
     title = "Your role cannot grant or change this role"
 
 
+class FieldNotEditable(Forbidden):
+    """A member editing their own profile touched a field only coordinators change."""
+
+    code = "field_not_editable"
+    title = "Only coordinators may change this field"
+
+
 class InvalidStatusChange(Conflict):
     code = "invalid_status_change"
     title = "That status change is not allowed"

@@ -28,7 +28,7 @@ from app.access.errors import (
 )
 from app.access.principal import CurrentPrincipal, CurrentUser, PlatformAdmin
 from app.core.database import DbSession
-from app.core.errors import Forbidden, InvalidCursor, error_responses
+from app.core.errors import InvalidCursor, error_responses
 from app.core.pagination import Page, Pagination
 from app.identity import auth, errors, service
 from app.identity.auth import AuthServices
@@ -337,7 +337,7 @@ async def get_member(target: MemberViewer, session: DbSession) -> MemberRead:
     responses=error_responses(
         *_COMMUNITY,
         MemberNotFound,
-        Forbidden,
+        errors.FieldNotEditable,
         errors.RoleChangeNotAllowed,
         errors.InvalidStatusChange,
         errors.LastAdmin,

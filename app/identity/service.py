@@ -285,7 +285,9 @@ async def update_member(session: AsyncSession, target: MemberAccess, data: Membe
     if not is_coordinator:
         forbidden = set(changes) - _SELF_EDITABLE - {"status"}
         if forbidden:
-            raise Forbidden(f"Only coordinators may change {', '.join(sorted(forbidden))}.")
+            raise errors.FieldNotEditable(
+                f"Only coordinators may change {', '.join(sorted(forbidden))}."
+            )
 
     if "role" in changes and changes["role"] != MemberRole(member.role):
         if not access.has_role(MemberRole.admin):
@@ -324,6 +326,11 @@ async def _keep_an_admin(
     stays = (new_role in (None, MemberRole.admin)) and (new_status in (None, MemberStatus.active))
     if not is_active_admin or stays:
         return
+    # Two admins stepping down at once must not both see the other as the one who stays:
+    # serialise admin removals per community on its row (SQLite serialises every writer).
+    await session.execute(
+        select(Community.id).where(Community.id == member.community_id).with_for_update()
+    )
     others = await session.scalar(
         select(func.count())
         .select_from(Member)

@@ -7,6 +7,7 @@ database; the ledger locks account rows there (see ``app/ledger``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -55,7 +56,9 @@ def create_engine(settings: Settings, *, url: str | None = None) -> AsyncEngine:
         echo=settings.database_echo,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_size,
-        pool_pre_ping=True,
+        # No pre-ping: it costs a round trip per request. Connections are recycled before
+        # servers or proxies drop idle ones, and a dropped connection is discarded on error.
+        pool_recycle=1800,
     )
 
 
@@ -87,14 +90,37 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """The request's unit of work: committed when the handler returns, rolled back on error.
 
     Declared with ``scope="function"`` so the commit happens before the response is built:
     a client never sees success for work that failed to commit.
+
+    On SQLite, writers of this process take turns on an asyncio lock before they touch the
+    file (SQLite's own busy handler sleeps and polls, which turns a queue into long tails), and
+    reads run in a deferred snapshot that never waits for a writer.
     """
+    write_lock: asyncio.Lock | None = getattr(request.app.state, "sqlite_write_lock", None)
+    if write_lock is None:
+        async for session in _unit_of_work(request, read_only=False):
+            yield session
+    elif request.method in READ_ONLY_METHODS:
+        async for session in _unit_of_work(request, read_only=True):
+            yield session
+    else:
+        async with write_lock:
+            async for session in _unit_of_work(request, read_only=False):
+                yield session
+
+
+async def _unit_of_work(request: Request, *, read_only: bool) -> AsyncIterator[AsyncSession]:
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
     async with sessionmaker() as session:
+        if read_only:
+            await session.connection(execution_options={READ_SNAPSHOT_OPTION: True})
         try:
             yield session
         except DomainError as exc:

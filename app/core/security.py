@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import uuid
@@ -31,8 +32,12 @@ class PasswordService:
             memory_cost=settings.password_hash_memory_kib,
             parallelism=settings.password_hash_parallelism,
         )
-        # Verified against when the account does not exist, so timing does not tell.
-        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+
+    @functools.cached_property
+    def _dummy_hash(self) -> str:
+        """Verified against when the account does not exist, so timing does not tell. Made on
+        first use: hashing costs ``memory_cost`` of RAM, which a worker need not spend at start."""
+        return self._hasher.hash(secrets.token_urlsafe(16))
 
     def hash(self, password: str) -> str:
         return self._hasher.hash(password)

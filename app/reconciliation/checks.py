@@ -362,6 +362,31 @@ async def reversals(session: AsyncSession, community_id: uuid.UUID | None) -> Ch
                 found=amount,
             )
         )
+    # ... and leaves none of the original's lines out.
+    reversing = Entry.__table__.alias("reversing")
+    left_out = await session.execute(
+        select(Transaction.id, mirror.c.account_id, mirror.c.amount)
+        .join(mirror, mirror.c.transaction_id == Transaction.reverses_id)
+        .outerjoin(
+            reversing,
+            and_(
+                reversing.c.transaction_id == Transaction.id,
+                reversing.c.account_id == mirror.c.account_id,
+            ),
+        )
+        .where(Transaction.kind == TransactionKind.reversal.value)
+        .where(_in_community(Transaction.community_id, community_id))
+        .where(reversing.c.id.is_(None))
+    )
+    for reversal_id, account_id, original_amount in left_out:
+        result.add(
+            Finding(
+                f"Reversal {reversal_id} leaves out its original's line on account {account_id}.",
+                {"transaction_id": str(reversal_id), "account_id": str(account_id)},
+                expected=-original_amount,
+                found=None,
+            )
+        )
     return result
 
 
@@ -450,11 +475,16 @@ async def idempotency_records(session: AsyncSession, community_id: uuid.UUID | N
         "idempotency_records",
         "Every idempotency record that names a transaction names an existing one.",
     )
-    rows = await session.execute(
+    stmt = (
         select(IdempotencyRecord.id, IdempotencyRecord.principal, IdempotencyRecord.transaction_id)
         .outerjoin(Transaction, Transaction.id == IdempotencyRecord.transaction_id)
         .where(IdempotencyRecord.transaction_id.is_not(None), Transaction.id.is_(None))
     )
+    if community_id is not None:
+        # A record carries no community of its own and its transaction is gone; a scoped run
+        # looks at the records made on that community's routes (whole-ledger runs see all).
+        stmt = stmt.where(IdempotencyRecord.path.contains(f"/communities/{community_id}/"))
+    rows = await session.execute(stmt)
     for record_id, principal, transaction_id in rows:
         result.add(
             Finding(
@@ -545,7 +575,7 @@ async def content_hashes(session: AsyncSession, community_id: uuid.UUID | None) 
             Entry.account_id,
             Entry.amount,
         )
-        .join(Entry, Entry.transaction_id == Transaction.id)
+        .outerjoin(Entry, Entry.transaction_id == Transaction.id)
         .where(_in_community(Transaction.community_id, community_id))
         .order_by(Transaction.id)
         .execution_options(yield_per=5000)
@@ -580,7 +610,8 @@ async def content_hashes(session: AsyncSession, community_id: uuid.UUID | None) 
             if current is None or row.id != current.id:
                 finish()
                 current, lines = row, []
-            lines.append((row.account_id, row.amount))
+            if row.account_id is not None:  # a transaction whose entries are all gone
+                lines.append((row.account_id, row.amount))
     finish()
     return result
 

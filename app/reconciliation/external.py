@@ -10,9 +10,30 @@ CSV columns (header row required; order free; extra columns ignored):
   minutes        whole minutes > 0
   note           free text (optional)
 
-A record matches an exchange one-to-one by reference (the exchange id or its transaction id);
-otherwise by provider, receiver and minutes with the date within a tolerance (default 3 days).
-Each ledger exchange is matched at most once.
+Each record is claimed by at most one ledger pair (one provider -> receiver of a posted,
+non-reversed exchange, with the minutes that passed between them), and each pair by at most one
+record. The outcomes:
+
+  matched              the record and its pair agree: same provider, receiver and minutes, the
+                       dates at most ``tolerance_days`` apart.
+  amount_mismatches    the pair is certainly the record's (its reference, or the same parties on
+                       a date within tolerance) but the minutes differ. When the date differs
+                       beyond tolerance too, ``differences`` lists both.
+  date_mismatches      same parties and minutes (or the record's reference), but the dates are
+                       further apart than the tolerance: at most DATE_MISMATCH_DAYS beyond it
+                       for a match without reference, any distance with one.
+  missing_from_ledger  no pair fits the record.
+  missing_from_file    posted exchanges dated within the file's dates (+- tolerance) that no
+                       record claimed.
+  duplicates           a record with the same external_ref, or the same date, parties and
+                       minutes, as an earlier one; it claims nothing.
+  malformed            a row that cannot be read, with its line number and every problem.
+
+The passes, most certain first: (1) reference: ``external_ref`` is the exchange id or its
+transaction id, and that exchange has a pair with the record's provider and receiver;
+(2) same parties and minutes, date within tolerance; (3) same parties, date within tolerance,
+other minutes (amount mismatch); (4) same parties and minutes, date beyond tolerance (date
+mismatch). Within a pass the pair closest in date wins.
 """
 
 from __future__ import annotations
@@ -21,11 +42,12 @@ import csv
 import io
 import uuid
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.ids import parse_id
@@ -34,6 +56,9 @@ from app.models.exchanges import ExchangeStatus, PartyRole, Resolution
 
 REQUIRED_COLUMNS = ("external_ref", "date", "provider", "receiver", "minutes")
 MAX_ROWS = 100_000
+# How far beyond the tolerance a record without reference may be dated and still be reported as
+# a date mismatch of the pair with its parties and minutes (rather than missing).
+DATE_MISMATCH_DAYS = 31
 RESULT_KINDS = (
     "matched",
     "amount_mismatches",
@@ -162,53 +187,68 @@ def parse_records(
     return records
 
 
+_POSTED = (
+    ExchangeStatus.confirmed.value,
+    ExchangeStatus.disputed.value,
+    ExchangeStatus.resolved.value,
+)
+_IDS_PER_QUERY = 5000  # bound the parameters of one statement (asyncpg allows 32,767)
+
+
 async def ledger_pairs(
-    session: AsyncSession, community_id: uuid.UUID, first: date, last: date
+    session: AsyncSession,
+    community_id: uuid.UUID,
+    first: date,
+    last: date,
+    referenced: Sequence[uuid.UUID] = (),
 ) -> list[LedgerPair]:
-    """Posted, non-reversed exchanges in the window, as provider -> receiver pairs with the
+    """Posted, non-reversed exchanges dated in [first, last] or named in ``referenced`` (by
+    exchange or transaction id, whatever their date), as provider -> receiver pairs with the
     minutes that passed between them."""
-    exchanges = list(
-        await session.scalars(
-            select(Exchange).where(
-                Exchange.community_id == community_id,
-                Exchange.status.in_(
-                    (
-                        ExchangeStatus.confirmed.value,
-                        ExchangeStatus.disputed.value,
-                        ExchangeStatus.resolved.value,
-                    )
-                ),
-                Exchange.occurred_on >= first,
-                Exchange.occurred_on <= last,
-            )
+    columns = (
+        Exchange.id,
+        Exchange.transaction_id,
+        Exchange.occurred_on,
+        ExchangeParty.member_id,
+        ExchangeParty.role,
+        ExchangeParty.minutes,
+    )
+    base = (
+        select(*columns)
+        .join(ExchangeParty, ExchangeParty.exchange_id == Exchange.id)
+        .where(
+            Exchange.community_id == community_id,
+            Exchange.status.in_(_POSTED),
+            or_(Exchange.resolution.is_(None), Exchange.resolution != Resolution.reversed.value),
         )
     )
-    exchanges = [e for e in exchanges if e.resolution != Resolution.reversed.value]
-    if not exchanges:
-        return []
-    parties: dict[uuid.UUID, list[ExchangeParty]] = defaultdict(list)
-    for party in await session.scalars(
-        select(ExchangeParty).where(ExchangeParty.exchange_id.in_([e.id for e in exchanges]))
-    ):
-        parties[party.exchange_id].append(party)
+    statements = [base.where(Exchange.occurred_on >= first, Exchange.occurred_on <= last)]
+    ids = sorted(set(referenced))
+    for offset in range(0, len(ids), _IDS_PER_QUERY):
+        chunk = ids[offset : offset + _IDS_PER_QUERY]
+        statements.append(
+            base.where(or_(Exchange.id.in_(chunk), Exchange.transaction_id.in_(chunk)))
+        )
+    exchanges: dict[uuid.UUID, tuple[uuid.UUID | None, date]] = {}
+    parties: dict[uuid.UUID, dict[tuple[uuid.UUID, str], int]] = defaultdict(dict)
+    for stmt in statements:
+        for exchange_id, transaction_id, day, member_id, role, minutes in await session.execute(
+            stmt
+        ):
+            exchanges[exchange_id] = (transaction_id, day)
+            parties[exchange_id][(member_id, role)] = minutes
     pairs = []
-    for exchange in exchanges:
-        providers = [p for p in parties[exchange.id] if p.role == PartyRole.provider]
-        receivers = [p for p in parties[exchange.id] if p.role == PartyRole.receiver]
-        total = sum(p.minutes for p in providers) or 1
-        for provider in providers:
-            for receiver in receivers:
+    for exchange_id, (transaction_id, day) in exchanges.items():
+        people = parties[exchange_id]
+        providers = [(m, n) for (m, role), n in people.items() if role == PartyRole.provider]
+        receivers = [(m, n) for (m, role), n in people.items() if role == PartyRole.receiver]
+        total = sum(n for _, n in providers) or 1
+        for provider, given in providers:
+            for receiver, received in receivers:
                 # Each receiver's minutes, shared among providers by what each gave.
-                minutes = round(receiver.minutes * provider.minutes / total)
+                minutes = round(received * given / total)
                 pairs.append(
-                    LedgerPair(
-                        exchange.id,
-                        exchange.transaction_id,
-                        exchange.occurred_on,
-                        provider.member_id,
-                        receiver.member_id,
-                        minutes,
-                    )
+                    LedgerPair(exchange_id, transaction_id, day, provider, receiver, minutes)
                 )
     return pairs
 
@@ -235,6 +275,15 @@ def _pair_view(pair: LedgerPair) -> dict[str, Any]:
     }
 
 
+def _differences(record: Record, pair: LedgerPair, window: timedelta) -> list[str]:
+    found = []
+    if pair.minutes != record.minutes:
+        found.append("minutes")
+    if abs(pair.day - record.day) > window:
+        found.append("date")
+    return found
+
+
 def match(
     records: list[Record], pairs: list[LedgerPair], tolerance: int, result: MatchResult
 ) -> None:
@@ -254,56 +303,78 @@ def match(
         seen_content[content] = record
         unique.append(record)
 
-    by_ref: dict[str, LedgerPair] = {}
+    by_ref: dict[tuple[str, uuid.UUID, uuid.UUID], LedgerPair] = {}
     by_parties: dict[tuple[uuid.UUID, uuid.UUID], list[LedgerPair]] = defaultdict(list)
     for pair in pairs:
-        by_ref.setdefault(str(pair.exchange_id), pair)
+        by_ref.setdefault((str(pair.exchange_id), pair.provider, pair.receiver), pair)
         if pair.transaction_id is not None:
-            by_ref.setdefault(str(pair.transaction_id), pair)
+            by_ref.setdefault((str(pair.transaction_id), pair.provider, pair.receiver), pair)
         by_parties[(pair.provider, pair.receiver)].append(pair)
     used: set[LedgerPair] = set()
 
     def claim(record: Record, pair: LedgerPair) -> None:
         used.add(pair)
-        view = {"record": _record_view(record), "ledger": _pair_view(pair)}
-        if pair.minutes != record.minutes:
-            result.rows["amount_mismatches"].append(view)
-        elif abs(pair.day - record.day) > window:
-            result.rows["date_mismatches"].append(view)
-        else:
+        differences = _differences(record, pair, window)
+        view: dict[str, Any] = {"record": _record_view(record), "ledger": _pair_view(pair)}
+        if not differences:
             result.rows["matched"].append(view)
+            return
+        view["differences"] = differences
+        kind = "amount_mismatches" if "minutes" in differences else "date_mismatches"
+        result.rows[kind].append(view)
 
-    unmatched: list[Record] = []
-    for record in unique:  # first pass: references
-        referenced = by_ref.get(record.external_ref)
+    def closest(record: Record, fits: Callable[[Record, LedgerPair], bool]) -> LedgerPair | None:
+        candidates = [
+            p
+            for p in by_parties[(record.provider, record.receiver)]
+            if p not in used and fits(record, p)
+        ]
+        return (
+            min(candidates, key=lambda p: (abs(p.day - record.day), p.day)) if candidates else None
+        )
+
+    remaining: list[Record] = []
+    for record in unique:  # (1) references
+        referenced = by_ref.get(
+            (_canonical_ref(record.external_ref), record.provider, record.receiver)
+        )
         if referenced is not None and referenced not in used:
             claim(record, referenced)
         else:
-            unmatched.append(record)
-    leftovers: list[Record] = []
-    for record in unmatched:  # second pass: exact parties, minutes and a date within tolerance
-        candidates = [
-            p
-            for p in by_parties[(record.provider, record.receiver)]
-            if p not in used and p.minutes == record.minutes and abs(p.day - record.day) <= window
-        ]
-        if candidates:
-            claim(record, min(candidates, key=lambda p: abs(p.day - record.day)))
-        else:
-            leftovers.append(record)
-    for record in leftovers:  # third pass: same parties, close date, other minutes
-        candidates = [
-            p
-            for p in by_parties[(record.provider, record.receiver)]
-            if p not in used and abs(p.day - record.day) <= window
-        ]
-        if candidates:
-            claim(record, min(candidates, key=lambda p: abs(p.day - record.day)))
-        else:
-            result.rows["missing_from_ledger"].append(_record_view(record))
-    for pair in pairs:
-        if pair not in used:
-            result.rows["missing_from_file"].append(_pair_view(pair))
+            remaining.append(record)
+    passes: list[Callable[[Record, LedgerPair], bool]] = [
+        # (2) same minutes, date within tolerance
+        lambda r, p: p.minutes == r.minutes and abs(p.day - r.day) <= window,
+        # (3) date within tolerance, other minutes
+        lambda r, p: abs(p.day - r.day) <= window,
+        # (4) same minutes, date beyond tolerance but not by more than DATE_MISMATCH_DAYS
+        lambda r, p: (
+            p.minutes == r.minutes
+            and abs(p.day - r.day) <= window + timedelta(days=DATE_MISMATCH_DAYS)
+        ),
+    ]
+    for fits in passes:
+        leftovers: list[Record] = []
+        for record in remaining:
+            found = closest(record, fits)
+            if found is None:
+                leftovers.append(record)
+            else:
+                claim(record, found)
+        remaining = leftovers
+    for record in remaining:
+        result.rows["missing_from_ledger"].append(_record_view(record))
+    if records:
+        first_day = min(r.day for r in records) - window
+        last_day = max(r.day for r in records) + window
+        for pair in pairs:
+            if pair not in used and first_day <= pair.day <= last_day:
+                result.rows["missing_from_file"].append(_pair_view(pair))
+
+
+def _canonical_ref(value: str) -> str:
+    parsed = parse_id(value)
+    return str(parsed) if parsed is not None else value
 
 
 async def match_file(
@@ -313,10 +384,11 @@ async def match_file(
     by_email, ids = await _member_lookup(session, community_id)
     records = parse_records(content, by_email, ids, result)
     if records:
-        window = timedelta(days=tolerance_days)
-        first = min(r.day for r in records) - window
-        last = max(r.day for r in records) + window
-        pairs = await ledger_pairs(session, community_id, first, last)
+        reach = timedelta(days=tolerance_days + DATE_MISMATCH_DAYS)
+        first = min(r.day for r in records) - reach
+        last = max(r.day for r in records) + reach
+        referenced = [i for i in (parse_id(r.external_ref) for r in records) if i is not None]
+        pairs = await ledger_pairs(session, community_id, first, last, referenced)
     else:
         pairs = []
     match(records, pairs, tolerance_days, result)
@@ -346,11 +418,12 @@ def result_csv(result: MatchResult) -> str:
         for item in items:
             record = item.get("record", item)
             ledger = item.get("ledger", item if kind == "missing_from_file" else {})
-            detail = "; ".join(item.get("problems", [])) or (
-                f"duplicate of line {item['duplicate_of_line']}"
-                if "duplicate_of_line" in item
-                else ""
-            )
+            if "duplicate_of_line" in item:
+                detail = f"duplicate of line {item['duplicate_of_line']}"
+            elif "differences" in item:
+                detail = "differs in " + " and ".join(item["differences"])
+            else:
+                detail = "; ".join(item.get("problems", []))
             writer.writerow(
                 [
                     kind,

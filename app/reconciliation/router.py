@@ -24,7 +24,9 @@ router = APIRouter(prefix="/v1/admin", tags=["reconciliation"])
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 
 
-async def _admin_communities(session: DbSession, principal: CurrentPrincipal) -> list[uuid.UUID] | None:
+async def _admin_communities(
+    session: DbSession, principal: CurrentPrincipal
+) -> list[uuid.UUID] | None:
     """None: every community (platform admins). Otherwise the communities the caller admins."""
     if principal.is_platform_admin:
         return None
@@ -205,12 +207,13 @@ async def match_external_records(
 async def _read_csv(request: Request) -> tuple[str, str]:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1)
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise errors.ExternalFileInvalid("Send the CSV as the form field 'file'.")
-        raw = await upload.read(MAX_UPLOAD_BYTES + 1)
-        filename = upload.filename or ""
+        # The context closes the upload's spooled temporary file, whatever happens.
+        async with request.form(max_files=1) as form:
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise errors.ExternalFileInvalid("Send the CSV as the form field 'file'.")
+            raw = await upload.read(MAX_UPLOAD_BYTES + 1)
+            filename = upload.filename or ""
     elif content_type.startswith(("text/csv", "text/plain", "application/csv")):
         raw = await request.body()
         filename = ""

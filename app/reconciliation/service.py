@@ -143,7 +143,12 @@ async def _run_checks(
         for index, check in enumerate(CHECKS, start=1):
             results.append(await check(snapshot, community_id))
             await _set(sessionmaker, run_id, progress=int(100 * index / steps))
-        tampering, last_seal, verified = await seals.verify_chain(snapshot)
+        if community_id is None:
+            tampering, last_seal, verified = await seals.verify_chain(snapshot)
+        else:
+            # Seals cover every community's entries at once: a scoped run neither verifies
+            # nor extends them (and so names no other community's rows).
+            tampering, last_seal, verified = [], None, 0
         await _set(sessionmaker, run_id, progress=int(100 * (steps - 1) / steps))
         passed = all(r.passed for r in results) and not tampering
         span = None
@@ -168,10 +173,15 @@ async def _run_checks(
                 "entries": seal.entry_count,
                 "chained_digest": seal.chained_digest,
             }
-    elif seal_requested and passed:
-        if community_id is not None:
-            note = "Seals cover the whole ledger: run without a community to seal."
-        elif not settled:
+    elif community_id is not None:
+        note = (
+            "Seals cover the whole ledger: a run for one community neither verifies nor "
+            "extends them; run without a community to seal."
+        )
+    elif not seal_requested:
+        note = "Sealing was not requested."
+    elif passed:
+        if not settled:
             note = "A posting stayed in flight; nothing new sealed this time."
         else:
             note = "Nothing new to seal."

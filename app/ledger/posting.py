@@ -232,6 +232,7 @@ async def _lock_apply_write(
     posted_at = utcnow()
     for index, request in requests:
         try:
+            _check_accounts(request, states, community)
             new_balances = _apply_limits(request, states)
         except errors.LedgerError as exc:
             if atomic:
@@ -334,13 +335,23 @@ async def _lock_accounts(
             earned_total=row.earned_total,
             spent_total=row.spent_total,
         )
-    missing = [a for a in account_ids if a not in states]
+    return states
+
+
+def _check_accounts(
+    request: PostingRequest, states: Mapping[uuid.UUID, _AccountState], community: Community
+) -> None:
+    """Refuse a posting naming an account this community does not have.
+
+    Checked per request, not per call: in a non-atomic batch one item naming an unknown
+    account is that item's refusal, not the whole batch's.
+    """
+    missing = [account_id for account_id, _ in request.lines if account_id not in states]
     if missing:
         raise errors.AccountNotFound(
             f"No account {missing[0]} in community '{community.slug}'.",
             extra={"account_ids": [str(a) for a in missing]},
         )
-    return states
 
 
 def _apply_limits(

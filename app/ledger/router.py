@@ -212,7 +212,11 @@ async def get_account_statement(
 ) -> Response | Statement:
     if "text/csv" in request.headers.get("accept", ""):
         rows = service.statement_csv(
-            session, target.account, posted_from=posted_from, posted_to=posted_to, as_of=as_of
+            request.app.state.sessionmaker,
+            target.account,
+            posted_from=posted_from,
+            posted_to=posted_to,
+            as_of=as_of,
         )
         filename = f"statement-{target.account.id}.csv"
         return StreamingResponse(

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Select, and_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.access.community import CommunityAccess
 from app.access.errors import InsufficientRole, InsufficientScope
@@ -501,7 +501,7 @@ CSV_COLUMNS = [
 
 
 async def statement_csv(
-    session: AsyncSession,
+    sessionmaker: async_sessionmaker[AsyncSession],
     account: Account,
     *,
     posted_from: datetime | None,
@@ -509,7 +509,14 @@ async def statement_csv(
     as_of: datetime | None,
     chunk: int = 500,
 ) -> AsyncIterator[str]:
-    """The whole statement (newest first) as CSV, streamed a chunk of entries at a time."""
+    """The whole statement (newest first) as CSV, streamed a chunk of entries at a time.
+
+    The body is sent after the request's unit of work has ended, so each chunk is read in a
+    short session of its own: holding the request's session open while a slow client reads
+    would keep a connection checked out (and, on SQLite, the write lock held). Entries are
+    append-only and paged by ``account_version``, so the chunks still form one consistent
+    statement.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
@@ -519,14 +526,16 @@ async def statement_csv(
         stmt = _statement_query(account, posted_from, posted_to, as_of)
         if before is not None:
             stmt = stmt.where(Entry.account_version < before)
-        rows = (
-            await session.execute(stmt.order_by(Entry.account_version.desc()).limit(chunk))
-        ).all()
+        async with sessionmaker() as session:
+            rows = (
+                await session.execute(stmt.order_by(Entry.account_version.desc()).limit(chunk))
+            ).all()
+            lines = await _statement_lines(session, account, rows) if rows else []
         if not rows:
             return
         buffer.seek(0)
         buffer.truncate()
-        for line in await _statement_lines(session, account, rows):
+        for line in lines:
             writer.writerow(
                 [
                     line.posted_at.isoformat(),

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.access.community import CommunityAccess
 from app.access.errors import InsufficientRole, InsufficientScope
 from app.core.clock import utcnow
+from app.core.database import READ_SNAPSHOT_OPTION
 from app.core.errors import DomainError, InvalidCursor, Unprocessable
 from app.core.ids import parse_id
 from app.core.pagination import PageParams, decode_cursor, encode_cursor
@@ -527,6 +528,8 @@ async def statement_csv(
         if before is not None:
             stmt = stmt.where(Entry.account_version < before)
         async with sessionmaker() as session:
+            # A read that never waits for (or holds back) a writer on SQLite.
+            await session.connection(execution_options={READ_SNAPSHOT_OPTION: True})
             rows = (
                 await session.execute(stmt.order_by(Entry.account_version.desc()).limit(chunk))
             ).all()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -105,17 +106,17 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """
     write_lock: asyncio.Lock | None = getattr(request.app.state, "sqlite_write_lock", None)
     if write_lock is None:
-        async for session in _unit_of_work(request, read_only=False):
+        async with _unit_of_work(request, read_only=False) as session:
             yield session
     elif request.method in READ_ONLY_METHODS:
-        async for session in _unit_of_work(request, read_only=True):
+        async with _unit_of_work(request, read_only=True) as session:
             yield session
     else:
-        async with write_lock:
-            async for session in _unit_of_work(request, read_only=False):
-                yield session
+        async with write_lock, _unit_of_work(request, read_only=False) as session:
+            yield session
 
 
+@asynccontextmanager
 async def _unit_of_work(request: Request, *, read_only: bool) -> AsyncIterator[AsyncSession]:
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
     async with sessionmaker() as session:

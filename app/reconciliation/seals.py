@@ -50,8 +50,43 @@ class SealSpan:
         return hashlib.sha256("".join(self.block_digests).encode()).hexdigest()
 
 
+# PostgreSQL digests the blocks itself: the same canonical rows (canonical_entry), joined in
+# id order, block by block of BLOCK_SIZE rows, so only one row per block comes back.
+_DIGEST_SQL = """
+SELECT min(id) AS first_id, count(*) AS entries,
+  encode(sha256(convert_to(string_agg(line, '' ORDER BY id), 'UTF8')), 'hex') AS digest
+FROM (
+  SELECT e.id, (row_number() OVER (ORDER BY e.id) - 1) / :block_size AS block,
+    e.id::text || '|' || e.transaction_id::text || '|' || e.account_id::text || '|' ||
+    e.amount::text || '|' || e.balance_after::text || '|' || e.account_version::text || '|' ||
+    t.content_hash || chr(10) AS line
+  FROM entries e JOIN transactions t ON t.id = e.transaction_id
+  WHERE e.id > :low AND e.id <= :high
+) AS rows
+GROUP BY block
+ORDER BY block
+"""
+
+
 async def digest_span(session: AsyncSession, low: int, high: int) -> SealSpan:
-    """Stream the entries of (low, high] in id order and digest them; memory stays flat."""
+    """Digest the entries of (low, high] in id order, block by block."""
+    if session.get_bind().dialect.name == "postgresql":
+        span = SealSpan(low=low, high=high)
+        if high <= low:
+            return span
+        rows = await session.execute(
+            text(_DIGEST_SQL), {"block_size": BLOCK_SIZE, "low": low, "high": high}
+        )
+        for first_id, entries, digest in rows:
+            span.first_entry_of_block.append(int(first_id))
+            span.entry_count += int(entries)
+            span.block_digests.append(digest)
+        return span
+    return await digest_span_in_python(session, low, high)
+
+
+async def digest_span_in_python(session: AsyncSession, low: int, high: int) -> SealSpan:
+    """The portable path: stream the entries in id order and digest them; memory stays flat."""
     span = SealSpan(low=low, high=high)
     if high <= low:
         return span
@@ -156,15 +191,32 @@ async def verify_chain(session: AsyncSession) -> tuple[list[TamperReport], Ledge
     return reports, (seals[-1] if seals else None), verified
 
 
+# Transactions (other than ours) that have begun an INSERT into entries and not yet ended. An
+# INSERT takes its RowExclusiveLock on the table before it draws an id from the sequence and
+# holds it to commit or rollback, so after the sequence is read, any id at or below it that is
+# not yet committed belongs to one of these. (Unlike the snapshot's in-flight xids, this names
+# only writers of entries in this database: a long transaction elsewhere does not hold sealing.)
+_ENTRY_WRITERS = text(
+    "SELECT DISTINCT virtualtransaction FROM pg_locks "
+    "WHERE locktype = 'relation' AND relation = 'entries'::regclass "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND mode = 'RowExclusiveLock' AND pid <> pg_backend_pid()"
+)
+_STILL_RUNNING = text(
+    "SELECT virtualxid FROM pg_locks WHERE locktype = 'virtualxid' "
+    "AND virtualxid = ANY(CAST(:writers AS text[]))"
+)
+
+
 async def settled_high_water(connection: AsyncConnection) -> tuple[int, bool]:
     """The highest entry id below which no posting can still appear.
 
     PostgreSQL hands out ids when rows are inserted, but commits can land out of order: an
     entry with a lower id may still be in flight. So: read the sequence, note the transactions
-    in flight at that moment, and wait (briefly) until each has committed or rolled back. After
-    that every id up to the mark is final. SQLite has one writer, so its committed maximum is
-    final already. Returns (mark, settled); when a writer stays in flight past the wait, the
-    mark is not settled and the run seals nothing new (it never guesses).
+    that are inserting entries at that moment, and wait (briefly) until each has committed or
+    rolled back. After that every id up to the mark is final. SQLite has one writer, so its
+    committed maximum is final already. Returns (mark, settled); when a writer stays in flight
+    past the wait, the mark is not settled and the run seals nothing new (it never guesses).
     """
     if connection.dialect.name != "postgresql":
         mark = await connection.scalar(select(func.coalesce(func.max(Entry.id), 0)))
@@ -176,25 +228,20 @@ async def settled_high_water(connection: AsyncConnection) -> tuple[int, bool]:
         )
         or 0
     )
-    in_flight = [
-        str(x)
-        for x in (
-            await connection.execute(text("SELECT pg_snapshot_xip(pg_current_snapshot())::text"))
-        ).scalars()
-    ]
+    await connection.commit()
+    writers = [str(x) for x in (await connection.execute(_ENTRY_WRITERS)).scalars()]
     await connection.commit()
     waited = 0.0
-    while in_flight and waited < IN_FLIGHT_WAIT_SECONDS:
-        statuses = await connection.execute(
-            text("SELECT x, pg_xact_status(x::xid8) FROM unnest(CAST(:xids AS text[])) AS x"),
-            {"xids": in_flight},
-        )
-        in_flight = [x for x, status in statuses if status == "in progress"]
+    while writers and waited < IN_FLIGHT_WAIT_SECONDS:
+        writers = [
+            str(x)
+            for x in (await connection.execute(_STILL_RUNNING, {"writers": writers})).scalars()
+        ]
         await connection.commit()
-        if in_flight:
-            await asyncio.sleep(0.02)
-            waited += 0.02
-    return mark, not in_flight
+        if writers:
+            await asyncio.sleep(0.01)
+            waited += 0.01
+    return mark, not writers
 
 
 def new_seal(previous: LedgerSeal | None, span: SealSpan) -> LedgerSeal:

@@ -94,7 +94,15 @@ async def activity(
     session: AsyncSession, community: Community, period: Period, window: Window
 ) -> ActivityReport:
     until = window.until or utcnow().date()
-    since = window.since or community.created_at.date()
+    since = window.since
+    if since is None:
+        # From the community's first day, or its earliest back-dated exchange if earlier.
+        earliest = await session.scalar(
+            select(func.min(Exchange.occurred_on)).where(
+                *network.counted_exchanges(community.id, Window(None, until))
+            )
+        )
+        since = min(community.created_at.date(), earliest or until)
     starts = period_starts(since, until, period)
     index = {start: i for i, start in enumerate(starts)}
     counted = network.counted_exchanges(community.id, Window(since, until))
@@ -236,11 +244,13 @@ async def coproduction(
 
     offering = set(
         await session.scalars(
-            select(distinct(Listing.owner_member_id)).where(
+            select(Listing.owner_member_id)
+            .where(
                 Listing.community_id == community.id,
                 Listing.type == ListingType.offer.value,
                 Listing.status != ListingStatus.closed.value,
             )
+            .distinct()
         )
     )
     with_offer = sum(1 for m in members if m.id in offering)

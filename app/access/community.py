@@ -11,8 +11,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.errors import (
@@ -72,6 +73,31 @@ async def load_community(session: AsyncSession, raw_id: str) -> Community:
     return community
 
 
+async def load_community_with_membership(
+    session: AsyncSession, raw_id: str, principal: Principal
+) -> tuple[Community, Member | None]:
+    """The community and the caller's membership of it, in one round trip."""
+    community_id = parse_id(raw_id)
+    if community_id is None or principal.user is None:
+        return await load_community(session, raw_id), None
+    row = (
+        await session.execute(
+            select(Community, Member)
+            .outerjoin(
+                Member,
+                and_(Member.community_id == Community.id, Member.user_id == principal.user.id),
+            )
+            .where(Community.id == community_id)
+        )
+    ).first()
+    if row is None:
+        raise CommunityNotFound(f"No community has id {raw_id!r}.")
+    return row[0], row[1]
+
+
+_UNLOADED: Any = object()
+
+
 async def _membership(
     session: AsyncSession, community: Community, principal: Principal
 ) -> Member | None:
@@ -91,6 +117,7 @@ async def authorise(
     *,
     role: MemberRole | None,
     client_scope: str | None,
+    membership: Member | None = _UNLOADED,
 ) -> CommunityAccess:
     """Decide whether ``principal`` may act in ``community`` with at least ``role``.
 
@@ -105,7 +132,8 @@ async def authorise(
             raise InsufficientScope(f"This route needs {needed}.")
         return CommunityAccess(community=community, principal=principal, membership=None)
 
-    membership = await _membership(session, community, principal)
+    if membership is _UNLOADED:
+        membership = await _membership(session, community, principal)
     access = CommunityAccess(community=community, principal=principal, membership=membership)
     if role is None or principal.is_platform_admin:
         return access
@@ -129,8 +157,17 @@ def community_guard(
     async def guard(
         community_id: str, session: DbSession, principal: CurrentPrincipal
     ) -> CommunityAccess:
-        community = await load_community(session, community_id)
-        return await authorise(session, community, principal, role=role, client_scope=client_scope)
+        community, membership = await load_community_with_membership(
+            session, community_id, principal
+        )
+        return await authorise(
+            session,
+            community,
+            principal,
+            role=role,
+            client_scope=client_scope,
+            membership=membership,
+        )
 
     return guard
 

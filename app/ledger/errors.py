@@ -8,6 +8,10 @@ from app.core.errors import Conflict, DomainError, NotFound, Unprocessable
 class LedgerError(DomainError):
     """Base of every refusal the posting engine makes."""
 
+    # Which of the requests given to the engine was refused (set when an atomic call of many
+    # postings stops at one), so a batch can say which item it was.
+    index: int | None = None
+
 
 class Unbalanced(LedgerError, Unprocessable):
     code = "unbalanced"

@@ -188,6 +188,7 @@ async def post_transactions(
             check_shape(request)
         except errors.LedgerError as exc:
             if atomic:
+                exc.index = index
                 raise
             outcomes[index] = PostingOutcome(index=index, error=exc)
         else:
@@ -236,6 +237,7 @@ async def _lock_apply_write(
             new_balances = _apply_limits(request, states)
         except errors.LedgerError as exc:
             if atomic:
+                exc.index = index
                 raise
             outcomes[index] = PostingOutcome(index=index, error=exc)
             continue

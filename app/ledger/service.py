@@ -218,8 +218,14 @@ async def create_batch(
             session, access.community, [r for _, r in valid], poster=poster, atomic=data.atomic
         )
     except errors.LedgerError as exc:
+        if exc.index is None:  # pragma: no cover - the engine names the refused request
+            raise errors.BatchRefused(
+                f"A transaction was refused: {exc.detail}", extra={"reason": exc.code}
+            ) from exc
+        index = valid[exc.index][0]
         raise errors.BatchRefused(
-            f"A transaction was refused: {exc.detail}", extra={"reason": exc.code}
+            f"Transaction {index} was refused: {exc.detail}",
+            extra={"index": index, "reason": exc.code},
         ) from exc
 
     results: list[BatchItemResult | None] = [None] * len(requests)

@@ -663,7 +663,7 @@ async def test_an_atomic_batch_posts_everything_or_nothing(
             422,
             "batch_refused",
         )
-        assert problem["reason"] == reason, problem
+        assert (problem["index"], problem["reason"]) == (1, reason), problem
     assert await books_snapshot(app) == before
 
     result = expect(

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -33,6 +33,8 @@ from app.reconciliation.checks import CHECKS
 from app.reconciliation.findings import CheckResult
 
 logger = logging.getLogger("timebank.reconciliation")
+
+SNAPSHOT_WORK_MEM = "128MB"
 
 
 async def create_run(
@@ -64,7 +66,8 @@ async def list_runs(
 @asynccontextmanager
 async def read_snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
     async with engine.connect() as connection:
-        if connection.dialect.name == "postgresql":
+        postgresql = connection.dialect.name == "postgresql"
+        if postgresql:
             connection = await connection.execution_options(
                 isolation_level="REPEATABLE READ", postgresql_readonly=True
             )
@@ -74,6 +77,10 @@ async def read_snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
             connection.begin(),
             AsyncSession(bind=connection, expire_on_commit=False) as session,
         ):
+            if postgresql:
+                # The checks sort and hash the whole ledger: let them do it in memory rather
+                # than in temporary files (this transaction only; one run at a time).
+                await session.execute(text(f"SET LOCAL work_mem = '{SNAPSHOT_WORK_MEM}'"))
             yield session
 
 
@@ -202,6 +209,9 @@ def render_text(run: ReconciliationRun) -> str:
     lines = [f"Reconciliation {run.id}: {run.status.upper()}"]
     if "error" in report:
         lines.append(f"  error: {report['error']}")
+        return "\n".join(lines)
+    if "checks" not in report:  # queued or still running: no report yet
+        lines.append(f"  progress: {run.progress}%")
         return "\n".join(lines)
     scope = report["scope"]["community_id"] or "all communities"
     lines.append(

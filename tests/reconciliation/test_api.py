@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
+from sqlalchemy import delete
 
-from app.reconciliation.service import repair_balances
+from app.models import ReconciliationRun
+from app.reconciliation.service import create_run, repair_balances
 from tests.factories import Api, expect, problem
 from tests.ledger.helpers import partner_headers, post
 from tests.reconciliation.helpers import (
@@ -197,6 +199,18 @@ async def test_text_report_and_newest_first_pages(client: AsyncClient, app: Fast
     )
     assert ": PASSED" in sealed.text
     assert f"sealed entries ({runs[0]['report']['high_water']}, " in sealed.text
+
+    # A run not yet carried out has no report, only its progress.
+    async with app.state.sessionmaker() as session, session.begin():
+        queued = await create_run(session, community_id=None, seal=True, user_id=None)
+        queued_id = str(queued.id)
+    pending = await client.get(
+        f"{RUNS}/{queued_id}", headers={**books.platform.headers, "Accept": "text/plain"}
+    )
+    assert pending.status_code == 200
+    assert pending.text == f"Reconciliation {queued_id}: QUEUED\n  progress: 0%\n"
+    async with app.state.sessionmaker() as session, session.begin():
+        await session.execute(delete(ReconciliationRun).where(ReconciliationRun.id == queued.id))
 
     first = expect(await client.get(f"{RUNS}?limit=2", headers=books.platform.headers), 200)
     assert [r["id"] for r in first["items"]] == [runs[2]["id"], runs[1]["id"]]

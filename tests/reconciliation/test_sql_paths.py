@@ -24,8 +24,13 @@ async def test_sql_and_python_digests_agree(
 ) -> None:
     books = await scenario(client, app)
     a, b = books.members[0], books.members[1]
+    c = books.members[2]
     await insert_transaction(
         app, books.id, "transfer", [(a.account_id, 7), (b.account_id, -7)], memo="ünïcode ✓"
+    )
+    # Longer transactions take the ordered-aggregate path in SQL.
+    three = await insert_transaction(
+        app, books.id, "adjustment", [(c.account_id, -6), (a.account_id, 10), (b.account_id, -4)]
     )
     monkeypatch.setattr(seals, "BLOCK_SIZE", 3)
     async with read_snapshot(app.state.engine) as session:
@@ -42,8 +47,9 @@ async def test_sql_and_python_digests_agree(
 
     await tamper(
         app,
-        "UPDATE transactions SET memo = 'édité' WHERE id = :id",
-        id=db_id(app, books.transfers[0]),
+        "UPDATE transactions SET memo = 'édité' WHERE id IN (:one, :three)",
+        one=db_id(app, books.transfers[0]),
+        three=db_id(app, three),
     )
     async with read_snapshot(app.state.engine) as session:
         sql = await checks.content_hashes(session, None)
@@ -52,5 +58,7 @@ async def test_sql_and_python_digests_agree(
         )
         scoped = await checks.content_hashes(session, uuid.UUID(books.id))
     assert sql.as_dict() == python.as_dict()
-    assert [f.rows for f in sql.findings] == [{"transaction_id": books.transfers[0]}]
-    assert scoped.total == 1
+    assert sorted(f.rows["transaction_id"] for f in sql.findings) == sorted(
+        [books.transfers[0], three]
+    )
+    assert scoped.total == 2

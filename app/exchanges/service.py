@@ -438,6 +438,9 @@ async def _fund_account(session: AsyncSession, community_id: uuid.UUID) -> Accou
 async def _post(session: AsyncSession, access: CommunityAccess | None, exchange: Exchange) -> None:
     """Post the exchange's one transaction: providers earn, receivers (and the fund, for an
     equal split's remainder) spend. A limit refusal raises and the whole request rolls back."""
+    # Write the exchange's own changes first: every path then locks the exchange row before the
+    # accounts, so two paths over one exchange can never wait on each other in a cycle.
+    await session.flush()
     parties = await _parties(session, exchange)
     accounts = dict(
         (

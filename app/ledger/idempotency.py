@@ -21,7 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -100,21 +100,21 @@ async def run_idempotent(
 
     status, model, transaction_id = await operation()
     body = model.model_dump_json()
-    session.add(
-        IdempotencyRecord(
-            principal=key.principal,
-            key=key.key,
-            request_hash=key.request_hash,
-            method=key.method,
-            path=key.path,
-            response_status=status,
-            response_body=body,
-            transaction_id=transaction_id,
-            expires_at=utcnow() + RETENTION,
-        )
-    )
     try:
-        await session.flush()
+        # Core insert: no identity-map bookkeeping and no RETURNING on the hot path.
+        await session.execute(
+            insert(IdempotencyRecord).values(
+                principal=key.principal,
+                key=key.key,
+                request_hash=key.request_hash,
+                method=key.method,
+                path=key.path,
+                response_status=status,
+                response_body=body,
+                transaction_id=transaction_id,
+                expires_at=utcnow() + RETENTION,
+            )
+        )
     except IntegrityError as exc:  # pragma: no cover - the advisory lock / single writer prevent it
         raise errors.IdempotencyInProgress("A concurrent request used this key; retry.") from exc
     return Outcome(status=status, body=body, replayed=False)

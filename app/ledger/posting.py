@@ -18,13 +18,14 @@ back to a savepoint and the engine retries a bounded number of times.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -197,9 +198,14 @@ async def post_transactions(
         return [outcomes[i] for i in range(len(requests))]
 
     is_postgres = session.get_bind().dialect.name == "postgresql"
+    # A single posting locks its accounts in one ordered statement, so it cannot deadlock with
+    # another posting; it runs without a savepoint (two round trips saved on the hot path). A
+    # batch runs in a savepoint and is retried on deadlock or serialization failure. Should a
+    # single posting ever meet one, the client gets 503 ledger_busy and retries with its key.
+    use_savepoint = is_postgres and len(valid) > 1
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
-            if is_postgres:
+            if use_savepoint:
                 async with session.begin_nested():
                     posted = await _lock_apply_write(session, community, valid, poster, atomic)
             else:
@@ -209,7 +215,7 @@ async def post_transactions(
             raise
         except DBAPIError as exc:
             sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-            if sqlstate not in RETRYABLE_SQLSTATES or attempt == MAX_ATTEMPTS:
+            if sqlstate not in RETRYABLE_SQLSTATES or attempt == MAX_ATTEMPTS or not use_savepoint:
                 if sqlstate in RETRYABLE_SQLSTATES:
                     raise errors.LedgerBusy("The ledger stayed busy; retry shortly.") from exc
                 raise
@@ -299,9 +305,34 @@ async def _lock_apply_write(
     return outcomes
 
 
+_LOCK_ACCOUNTS_POSTGRES = text(
+    """
+    SELECT a.id, a.community_id, a.status, a.min_balance, a.max_balance, a.balance, a.version,
+           a.earned_total, a.spent_total, c.default_min_balance, c.default_max_balance
+    FROM accounts AS a JOIN communities AS c ON c.id = a.community_id
+    WHERE a.id = ANY(CAST(:ids AS uuid[]))
+    ORDER BY a.id
+    FOR UPDATE OF a FOR SHARE OF c
+    """
+)
+
+
 async def _lock_accounts(
     session: AsyncSession, community: Community, account_ids: list[uuid.UUID]
 ) -> dict[uuid.UUID, _AccountState]:
+    """Lock the accounts in ascending id order and read their state.
+
+    On PostgreSQL the community row is share-locked in the same statement, so its default
+    limits cannot change under a posting (a PATCH waits for it, or it waits for the PATCH).
+    One array parameter keeps one prepared statement whatever the number of accounts.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        rows = await session.execute(_LOCK_ACCOUNTS_POSTGRES, {"ids": account_ids})
+        states: dict[uuid.UUID, _AccountState] = {}
+        for row in rows:
+            if row.community_id == community.id:
+                states[row.id] = _state(row, row.default_min_balance, row.default_max_balance)
+        return states
     c = _accounts.c
     rows = await session.execute(
         select(
@@ -319,25 +350,27 @@ async def _lock_accounts(
         .order_by(c.id)
         .with_for_update()
     )
-    states: dict[uuid.UUID, _AccountState] = {}
+    states = {}
     for row in rows:
-        if row.community_id != community.id:
-            continue  # another community's account is, to this one, no account at all
-        states[row.id] = _AccountState(
-            id=row.id,
-            status=row.status,
-            min_balance=community.default_min_balance
-            if row.min_balance is None
-            else row.min_balance,
-            max_balance=community.default_max_balance
-            if row.max_balance is None
-            else row.max_balance,
-            balance=row.balance,
-            version=row.version,
-            earned_total=row.earned_total,
-            spent_total=row.spent_total,
-        )
+        # Another community's account is, to this one, no account at all.
+        if row.community_id == community.id:
+            states[row.id] = _state(
+                row, community.default_min_balance, community.default_max_balance
+            )
     return states
+
+
+def _state(row: Any, default_min: int, default_max: int) -> _AccountState:
+    return _AccountState(
+        id=row.id,
+        status=row.status,
+        min_balance=default_min if row.min_balance is None else row.min_balance,
+        max_balance=default_max if row.max_balance is None else row.max_balance,
+        balance=row.balance,
+        version=row.version,
+        earned_total=row.earned_total,
+        spent_total=row.spent_total,
+    )
 
 
 def _check_accounts(
@@ -395,6 +428,37 @@ def _apply_limits(
     return new_balances
 
 
+_WRITE_POSTGRES = text(
+    """
+    WITH new_transactions AS (
+        INSERT INTO transactions (id, community_id, kind, memo, occurred_on, details, posted_at,
+                                  posted_by_user_id, posted_by_client_id, reverses_id, content_hash)
+        SELECT * FROM unnest(
+            CAST(:t_id AS uuid[]), CAST(:t_community AS uuid[]), CAST(:t_kind AS varchar[]),
+            CAST(:t_memo AS varchar[]), CAST(:t_occurred AS date[]), CAST(:t_details AS jsonb[]),
+            CAST(:t_posted AS timestamptz[]), CAST(:t_user AS uuid[]), CAST(:t_client AS uuid[]),
+            CAST(:t_reverses AS uuid[]), CAST(:t_hash AS varchar[]))
+        RETURNING 1
+    ), new_entries AS (
+        INSERT INTO entries (transaction_id, account_id, amount, balance_after, account_version,
+                             posted_at)
+        SELECT * FROM unnest(
+            CAST(:e_transaction AS uuid[]), CAST(:e_account AS uuid[]), CAST(:e_amount AS bigint[]),
+            CAST(:e_balance AS bigint[]), CAST(:e_version AS bigint[]),
+            CAST(:e_posted AS timestamptz[]))
+        RETURNING 1
+    )
+    UPDATE accounts AS a
+    SET balance = v.balance, version = v.version, earned_total = v.earned,
+        spent_total = v.spent, updated_at = CAST(:posted_at AS timestamptz)
+    FROM unnest(CAST(:a_id AS uuid[]), CAST(:a_balance AS bigint[]), CAST(:a_version AS bigint[]),
+                CAST(:a_earned AS bigint[]), CAST(:a_spent AS bigint[]))
+         AS v(id, balance, version, earned, spent)
+    WHERE a.id = v.id
+    """
+)
+
+
 async def _write(
     session: AsyncSession,
     transaction_rows: list[dict[str, Any]],
@@ -402,6 +466,40 @@ async def _write(
     states: Mapping[uuid.UUID, _AccountState],
     posted_at: datetime,
 ) -> None:
+    """Write transactions, entries and account totals: on PostgreSQL in one statement (arrays
+    through ``unnest``: one round trip, one prepared statement for any size); elsewhere in
+    three bulk statements."""
+    touched = [s for s in states.values() if s.touched]
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(
+            _WRITE_POSTGRES,
+            {
+                "t_id": [t["id"] for t in transaction_rows],
+                "t_community": [t["community_id"] for t in transaction_rows],
+                "t_kind": [t["kind"] for t in transaction_rows],
+                "t_memo": [t["memo"] for t in transaction_rows],
+                "t_occurred": [t["occurred_on"] for t in transaction_rows],
+                "t_details": [json.dumps(t["details"]) for t in transaction_rows],
+                "t_posted": [posted_at] * len(transaction_rows),
+                "t_user": [t["posted_by_user_id"] for t in transaction_rows],
+                "t_client": [t["posted_by_client_id"] for t in transaction_rows],
+                "t_reverses": [t["reverses_id"] for t in transaction_rows],
+                "t_hash": [t["content_hash"] for t in transaction_rows],
+                "e_transaction": [e["transaction_id"] for e in entry_rows],
+                "e_account": [e["account_id"] for e in entry_rows],
+                "e_amount": [e["amount"] for e in entry_rows],
+                "e_balance": [e["balance_after"] for e in entry_rows],
+                "e_version": [e["account_version"] for e in entry_rows],
+                "e_posted": [posted_at] * len(entry_rows),
+                "posted_at": posted_at,
+                "a_id": [s.id for s in touched],
+                "a_balance": [s.balance for s in touched],
+                "a_version": [s.version for s in touched],
+                "a_earned": [s.earned_total for s in touched],
+                "a_spent": [s.spent_total for s in touched],
+            },
+        )
+        return
     await session.execute(insert(_transactions), transaction_rows)
     await session.execute(insert(_entries), entry_rows)
     c = _accounts.c
@@ -424,7 +522,6 @@ async def _write(
                 "b_spent": s.spent_total,
                 "b_updated_at": posted_at,
             }
-            for s in states.values()
-            if s.touched
+            for s in touched
         ],
     )

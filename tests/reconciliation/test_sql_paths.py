@@ -48,8 +48,14 @@ async def test_sql_and_python_digests_agree(
     await tamper(
         app,
         "UPDATE transactions SET memo = 'édité' WHERE id IN (:one, :three)",
+        # A transaction left with one line, and one with two lines on the same account.
+        "DELETE FROM entries WHERE id = (SELECT min(id) FROM entries WHERE transaction_id = :two)",
+        "UPDATE entries SET account_id = :a, account_version = 1000 + id WHERE transaction_id = :four",
         one=db_id(app, books.transfers[0]),
         three=db_id(app, three),
+        two=db_id(app, books.transfers[2]),
+        four=db_id(app, books.transfers[3]),
+        a=db_id(app, a.account_id),
     )
     async with read_snapshot(app.state.engine) as session:
         sql = await checks.content_hashes(session, None)
@@ -59,6 +65,6 @@ async def test_sql_and_python_digests_agree(
         scoped = await checks.content_hashes(session, uuid.UUID(books.id))
     assert sql.as_dict() == python.as_dict()
     assert sorted(f.rows["transaction_id"] for f in sql.findings) == sorted(
-        [books.transfers[0], three]
+        [books.transfers[0], three, books.transfers[2], books.transfers[3]]
     )
-    assert scoped.total == 2
+    assert scoped.total == 4

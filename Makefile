@@ -67,3 +67,21 @@ lock: install
 
 clean:
 	rm -rf $(VENV) .coverage .mypy_cache .ruff_cache .pytest_cache
+
+# Reliability (docs/reliability.md): the real server on a fresh database under a mixed load;
+# each exits non-zero when a check fails. The short forms are for CI (<= ~90 s and ~60 s);
+# only the long `crash` restarts the shared PostgreSQL cluster (once).
+.PHONY: soak soak-short crash crash-short
+
+soak: install
+	$(BIN)/python -m reliability.soak --duration 180 --clients 32
+
+soak-short: install
+	$(BIN)/python -m reliability.soak --duration 30 --clients 32
+
+crash: install
+	$(BIN)/python -m reliability.crash --backend both --duration 90 --sqlite-duration 60 \
+		--clients 32 --kill-every 4:10 --pg-restarts 1
+
+crash-short: install
+	$(BIN)/python -m reliability.crash --backend sqlite --duration 25 --clients 32 --kill-every 2:5

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.errors import (
@@ -73,6 +73,17 @@ async def load_community(session: AsyncSession, raw_id: str) -> Community:
     return community
 
 
+# Built once: every community route runs it, so it skips per-request construction.
+_COMMUNITY_WITH_MEMBERSHIP = (
+    select(Community, Member)
+    .outerjoin(
+        Member,
+        and_(Member.community_id == Community.id, Member.user_id == bindparam("user_id")),
+    )
+    .where(Community.id == bindparam("community_id"))
+)
+
+
 async def load_community_with_membership(
     session: AsyncSession, raw_id: str, principal: Principal
 ) -> tuple[Community, Member | None]:
@@ -82,12 +93,7 @@ async def load_community_with_membership(
         return await load_community(session, raw_id), None
     row = (
         await session.execute(
-            select(Community, Member)
-            .outerjoin(
-                Member,
-                and_(Member.community_id == Community.id, Member.user_id == principal.user.id),
-            )
-            .where(Community.id == community_id)
+            _COMMUNITY_WITH_MEMBERSHIP, {"community_id": community_id, "user_id": principal.user.id}
         )
     ).first()
     if row is None:

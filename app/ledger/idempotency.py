@@ -18,10 +18,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel
-from sqlalchemy import delete, insert, select, text
+from sqlalchemy import Table, bindparam, delete, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -58,6 +58,15 @@ def request_fingerprint(method: str, path: str, payload: BaseModel | dict[str, A
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# Built once: statements on the hot path skip construction and cache-key work per request.
+_TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:lock_id)")
+_FIND = select(IdempotencyRecord).where(
+    IdempotencyRecord.principal == bindparam("principal"),
+    IdempotencyRecord.key == bindparam("key"),
+)
+_RECORD = insert(cast(Table, IdempotencyRecord.__table__))
+
+
 def _lock_id(principal: str, key: str) -> int:
     digest = hashlib.sha256(f"{principal}\x1f{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
@@ -74,20 +83,13 @@ async def run_idempotent(
         return Outcome(status=status, body=model.model_dump_json(), replayed=False)
 
     if session.get_bind().dialect.name == "postgresql":
-        locked = await session.scalar(
-            text("SELECT pg_try_advisory_xact_lock(:lock_id)"),
-            {"lock_id": _lock_id(key.principal, key.key)},
-        )
+        locked = await session.scalar(_TRY_LOCK, {"lock_id": _lock_id(key.principal, key.key)})
         if not locked:
             raise errors.IdempotencyInProgress(
                 "The first request with this Idempotency-Key has not finished; retry shortly."
             )
 
-    existing = await session.scalar(
-        select(IdempotencyRecord).where(
-            IdempotencyRecord.principal == key.principal, IdempotencyRecord.key == key.key
-        )
-    )
+    existing = await session.scalar(_FIND, {"principal": key.principal, "key": key.key})
     if existing is not None and existing.expires_at > utcnow():
         if existing.request_hash != key.request_hash:
             raise errors.IdempotencyKeyReused(
@@ -102,18 +104,21 @@ async def run_idempotent(
     body = model.model_dump_json()
     try:
         # Core insert: no identity-map bookkeeping and no RETURNING on the hot path.
+        now = utcnow()
         await session.execute(
-            insert(IdempotencyRecord).values(
-                principal=key.principal,
-                key=key.key,
-                request_hash=key.request_hash,
-                method=key.method,
-                path=key.path,
-                response_status=status,
-                response_body=body,
-                transaction_id=transaction_id,
-                expires_at=utcnow() + RETENTION,
-            )
+            _RECORD,
+            {
+                "principal": key.principal,
+                "key": key.key,
+                "request_hash": key.request_hash,
+                "method": key.method,
+                "path": key.path,
+                "response_status": status,
+                "response_body": body,
+                "transaction_id": transaction_id,
+                "created_at": now,
+                "expires_at": now + RETENTION,
+            },
         )
     except IntegrityError as exc:  # pragma: no cover - the advisory lock / single writer prevent it
         raise errors.IdempotencyInProgress("A concurrent request used this key; retry.") from exc

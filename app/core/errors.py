@@ -8,6 +8,7 @@ exceptions are rendered the same way, and a 500 never says anything internal.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -16,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger("timebank.errors")
@@ -218,18 +220,63 @@ async def _handle_http_exception(request: Request, exc: Exception) -> JSONRespon
     detail = exc.detail if isinstance(exc.detail, str) else title
     if status == 404 and detail == "Not Found":
         detail = f"No route matches {request.method} {request.url.path}."
+    headers = dict(getattr(exc, "headers", None) or {})
+    if status == 405:
+        # Starlette names only the methods of the first route that matched the path; FastAPI
+        # registers one route per method, so name every method the contract lists for it.
+        allowed = _allowed_methods(request)
+        if allowed:
+            headers["Allow"] = ", ".join(allowed)
+            detail = f"{request.method} is not allowed here; use {', '.join(allowed)}."
     return problem_response(
         request,
         status=status,
         code=code,
         title=title,
         detail=detail,
-        headers=getattr(exc, "headers", None),
+        headers=headers or None,
     )
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods the published contract lists for this path (empty when it lists none)."""
+    app = request.app
+    table: list[tuple[re.Pattern[str], list[str]]] | None = getattr(
+        app.state, "allowed_methods", None
+    )
+    if table is None:
+        table = []
+        for template, operations in app.openapi().get("paths", {}).items():
+            pattern = re.sub(r"\\{[^/}]+\\}", "[^/]+", re.escape(template))
+            table.append((re.compile(f"^{pattern}$"), sorted(m.upper() for m in operations)))
+        app.state.allowed_methods = table
+    path = request.url.path
+    return next((methods for pattern, methods in table if pattern.match(path)), [])
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """The database could not be reached or the connection broke (a restart, a failover, a
+    pool exhausted): the request may simply be retried, so the answer is 503, not 500."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        return exc.connection_invalidated or isinstance(
+            exc, sa_exc.OperationalError | sa_exc.InterfaceError
+        )
+    return isinstance(exc, sa_exc.TimeoutError | sa_exc.DisconnectionError | OSError)
+
+
 def internal_error_response(request: Request, exc: BaseException) -> JSONResponse:
-    """Log ``exc`` with its traceback and answer a 500 that says nothing internal."""
+    """Log ``exc`` with its traceback and answer a 500 that says nothing internal (a 503 with
+    ``Retry-After`` when the database is unreachable)."""
+    if database_unavailable(exc):
+        logger.warning("database unavailable: %s", type(exc).__name__)
+        return problem_response(
+            request,
+            status=503,
+            code="database_unavailable",
+            title="Database unavailable",
+            detail="The database is not answering; retry shortly (with the same Idempotency-Key).",
+            headers={"Retry-After": "1"},
+        )
     logger.error("unhandled error", exc_info=exc)
     return problem_response(
         request,

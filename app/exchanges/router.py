@@ -434,12 +434,21 @@ async def dispute_exchange(
     ),
 )
 async def resolve_exchange(
-    body: ResolveInput, target: ExchangeWriter, session: DbSession
-) -> ExchangeRead:
-    exchange = await service.resolve_exchange(
-        session, target.access, target.exchange, body.outcome, body.note
-    )
-    return await _exchange_read(session, exchange.id)
+    request: Request,
+    body: ResolveInput,
+    target: ExchangeWriter,
+    session: DbSession,
+    idempotency_key: IdempotencyHeader = None,
+) -> Response:
+    async def run() -> tuple[int, BaseModel, uuid.UUID | None]:
+        exchange = await service.resolve_exchange(
+            session, target.access, target.exchange, body.outcome, body.note
+        )
+        read = await _exchange_read(session, exchange.id)
+        return status.HTTP_200_OK, read, exchange.reversal_transaction_id
+
+    key = _key(request, target.access.principal, idempotency_key, body)
+    return _reply(await run_idempotent(session, key, run))
 
 
 @router.get(

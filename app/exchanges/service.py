@@ -487,6 +487,13 @@ async def _post(session: AsyncSession, access: CommunityAccess | None, exchange:
 _POSTED = (ExchangeStatus.confirmed, ExchangeStatus.disputed, ExchangeStatus.resolved)
 
 
+async def _lock(session: AsyncSession, exchange: Exchange) -> None:
+    """Lock the exchange row and re-read it before deciding anything: concurrent confirmations
+    of one group exchange then take turns, so the last one sees every other share confirmed
+    and posts, and no two of them can post. (SQLite already runs one writer at a time.)"""
+    await session.refresh(exchange, with_for_update=True)
+
+
 def _require_status(exchange: Exchange, *allowed: ExchangeStatus) -> ExchangeStatus:
     current = ExchangeStatus(exchange.status)
     if current not in allowed:
@@ -500,6 +507,7 @@ def _require_status(exchange: Exchange, *allowed: ExchangeStatus) -> ExchangeSta
 async def confirm_exchange(
     session: AsyncSession, access: CommunityAccess, exchange: Exchange, data: ConfirmInput
 ) -> Exchange:
+    await _lock(session, exchange)
     if ExchangeStatus(exchange.status) in _POSTED:
         # A second click after the posting: say what happened rather than "wrong state".
         raise errors.AlreadyConfirmed("This exchange is already confirmed and posted.")
@@ -573,6 +581,7 @@ async def confirm_exchange(
 async def reject_exchange(
     session: AsyncSession, access: CommunityAccess, exchange: Exchange, note: str
 ) -> Exchange:
+    await _lock(session, exchange)
     _require_status(exchange, ExchangeStatus.proposed)
     own_id = _own_member_id(access)
     parties = await _parties(session, exchange)
@@ -587,6 +596,7 @@ async def reject_exchange(
 async def cancel_exchange(
     session: AsyncSession, access: CommunityAccess, exchange: Exchange, note: str
 ) -> Exchange:
+    await _lock(session, exchange)
     _require_status(exchange, ExchangeStatus.proposed)
     own_id = _own_member_id(access)
     is_proposer = own_id is not None and own_id == exchange.proposed_by_member_id
@@ -599,6 +609,7 @@ async def dispute_exchange(
     session: AsyncSession, access: CommunityAccess, exchange: Exchange, note: str
 ) -> Exchange:
     """Raise a dispute on a posted exchange; on one already disputed, add your side of it."""
+    await _lock(session, exchange)
     current = _require_status(exchange, ExchangeStatus.confirmed, ExchangeStatus.disputed)
     own_id = _own_member_id(access)
     is_party = any(p.member_id == own_id for p in await _parties(session, exchange))
@@ -618,6 +629,7 @@ async def resolve_exchange(
     outcome: Resolution,
     note: str,
 ) -> Exchange:
+    await _lock(session, exchange)
     if not acts_as_coordinator(access):
         raise errors.CoordinatorRequired("Only coordinators resolve disputes.")
     _require_status(exchange, ExchangeStatus.disputed)
@@ -708,6 +720,9 @@ async def auto_confirm_due(session: AsyncSession, now: datetime | None = None) -
             continue
         try:
             async with session.begin_nested():
+                await _lock(session, exchange)
+                if exchange.status != ExchangeStatus.proposed or exchange.needs_coordinator:
+                    continue  # answered (or escalated) since the scan
                 for party in await _parties(session, exchange):
                     if party.confirmed_at is None:
                         party.confirmed_at = now

@@ -160,3 +160,18 @@ async def test_without_configured_origins_no_cross_origin_access_is_granted(
 ) -> None:
     response = await client.get("/healthz", headers={"Origin": "https://app.example"})
     assert "access-control-allow-origin" not in response.headers
+
+
+async def test_a_request_that_cannot_reach_the_database_is_a_retryable_503(
+    serve: ServeApp, tmp_path: object
+) -> None:
+    app = create_app(make_settings(_unreachable_database_url(str(tmp_path))))
+    async with serve(app) as client:
+        response = await client.post(
+            "/v1/auth/token",
+            data={"grant_type": "password", "username": "a@example.org", "password": "x" * 12},
+        )
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["code"] == "database_unavailable"
+    assert "127.0.0.1" not in response.text

@@ -17,7 +17,13 @@ from sqlalchemy import text
 
 from app.core.config import Settings, get_settings
 from app.core.database import READ_SNAPSHOT_OPTION, create_engine, create_sessionmaker
-from app.core.errors import DomainError, Problem, error_responses, install_error_handlers
+from app.core.errors import (
+    PROBLEM_CONTENT_TYPE,
+    DomainError,
+    Problem,
+    error_responses,
+    install_error_handlers,
+)
 from app.core.observability import Metrics, RequestContextMiddleware, configure_logging
 from app.core.security import PasswordService, TokenService
 from app.exchanges.router import router as exchanges_router
@@ -147,8 +153,33 @@ def _openapi_with_problems(app: FastAPI) -> dict[str, Any]:
         )[1]
         schemas = schema.setdefault("components", {}).setdefault("schemas", {})
         schemas.update(definitions.get("$defs", {}))
+        _declare_body_refusals(schema)
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+_BODY_REFUSALS: dict[str, str] = {
+    "400": "`malformed_json`: the body is not valid JSON; `bad_request`: it could not be read",
+    "413": "`payload_too_large`: the body is over `TIMEBANK_MAX_REQUEST_BODY_BYTES`",
+}
+
+
+def _declare_body_refusals(schema: dict[str, Any]) -> None:
+    """Every operation that reads a body can refuse it before validation: declare both."""
+    problem = {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if "requestBody" not in operation:
+                continue
+            responses = operation.setdefault("responses", {})
+            for status, description in _BODY_REFUSALS.items():
+                if status in responses:
+                    codes = responses[status]["description"]
+                    if description.split(":")[0] not in codes:
+                        responses[status]["description"] = f"{codes}; {description}"
+                else:
+                    responses[status] = {"description": description, "content": problem}
+            operation["responses"] = dict(sorted(responses.items()))
 
 
 def _add_operations_routes(app: FastAPI) -> None:

@@ -127,6 +127,18 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
+            if _has_nul(scope):
+                # PostgreSQL refuses NUL in text (a 500 if it got that far); SQLite's C string
+                # functions stop at it. No id, filter or cursor ever holds one.
+                response = problem_response(
+                    Request(scope),
+                    status=422,
+                    code="validation_error",
+                    title="Request validation failed",
+                    detail="The path and query may not contain NUL (%00) characters.",
+                )
+                await response(scope, receive, send_with_headers)
+                return
             declared = _header(scope, b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
                 response = problem_response(
@@ -189,6 +201,11 @@ def _limited_receive(receive: Receive, limit: int) -> Receive:
         return message
 
     return wrapped
+
+
+def _has_nul(scope: Scope) -> bool:
+    query: bytes = scope.get("query_string", b"")
+    return "\x00" in scope["path"] or b"\x00" in query or b"%00" in query
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -19,10 +19,31 @@ from pydantic import (
 PublicId = Annotated[uuid.UUID, PlainSerializer(str, return_type=str, when_used="json")]
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 class InputModel(BaseModel):
-    """Request bodies: a misspelt field is a 422, not silently ignored."""
+    """Request bodies: a misspelt field is a 422, not silently ignored.
+
+    No text anywhere in a body may hold a NUL character: PostgreSQL refuses it in text and
+    jsonb (a 500 if it got that far) and SQLite's C string functions stop at it.
+    """
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul_characters(cls, data: Any) -> Any:
+        if _has_nul(data):
+            raise ValueError("text may not contain NUL (\\u0000) characters")
+        return data
 
 
 class OutputModel(BaseModel):

@@ -82,6 +82,9 @@ _COMMUNITY = (
     InsufficientScope,
 )
 
+# Form fields end up in queries; PostgreSQL refuses NUL in text (InputModel bodies check too).
+NO_NUL = r"^[^\x00]*$"
+
 auth_router = APIRouter(prefix="/v1", tags=["auth"])
 router = APIRouter(prefix="/v1")
 
@@ -120,13 +123,14 @@ async def issue_token(
     session: DbSession,
     auth_services: Auth,
     grant_type: Annotated[
-        str, Form(max_length=50, description="`password` or `client_credentials`")
+        str,
+        Form(max_length=50, pattern=NO_NUL, description="`password` or `client_credentials`"),
     ],
-    username: Annotated[str | None, Form(max_length=254)] = None,
+    username: Annotated[str | None, Form(max_length=254, pattern=NO_NUL)] = None,
     password: Annotated[str | None, Form(max_length=128)] = None,
-    scope: Annotated[str, Form(max_length=500)] = "",
-    client_id: Annotated[str | None, Form(max_length=64)] = None,
-    client_secret: Annotated[str | None, Form(max_length=200)] = None,
+    scope: Annotated[str, Form(max_length=500, pattern=NO_NUL)] = "",
+    client_id: Annotated[str | None, Form(max_length=64, pattern=NO_NUL)] = None,
+    client_secret: Annotated[str | None, Form(max_length=200, pattern=NO_NUL)] = None,
 ) -> TokenResponse:
     if grant_type == "password":
         if not username or not password:

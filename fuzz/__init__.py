@@ -1,0 +1,1 @@
+"""API fuzzing: schemathesis against a live server seeded with a demo community."""

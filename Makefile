@@ -85,3 +85,22 @@ crash: install
 
 crash-short: install
 	$(BIN)/python -m reliability.crash --backend sqlite --duration 25 --clients 32 --kill-every 2:5
+
+# Fuzz and audit (docs/security.md; docs/reliability.md, "Fuzz and security"). `fuzz-short`
+# is the CI run (a few minutes at most). `audit` needs PyPI's JSON API; --strict fails when a
+# pin could not be checked. Each advisory recorded in docs/security.md is ignored by its id.
+.PHONY: fuzz fuzz-short audit
+AUDIT_STRICT ?= --strict
+AUDIT_IGNORE := --ignore-vuln GHSA-wj6h-64fc-37mp --ignore-vuln CVE-2024-23342
+
+fuzz: install
+	$(BIN)/python -m fuzz.run
+
+fuzz-short: install
+	$(BIN)/python -m fuzz.run --short
+
+audit: install
+	$(BIN)/pip-audit $(AUDIT_STRICT) --no-deps --disable-pip --progress-spinner off \
+		$(AUDIT_IGNORE) -r requirements/runtime.lock
+	$(BIN)/pip-audit $(AUDIT_STRICT) --no-deps --disable-pip --progress-spinner off \
+		$(AUDIT_IGNORE) -r requirements/dev.lock

@@ -1,6 +1,6 @@
 """Fuzz the API with schemathesis against a live server on 127.0.0.1 and a fresh SQLite file.
 
-    python -m fuzz.run           # the long run (``make fuzz``)
+    python -m fuzz.run           # the long run (``make fuzz``): up to 15 minutes
     python -m fuzz.run --short   # the CI run (``make fuzz-short``): a few minutes at most
     python -m fuzz.run -- --seed 1 --include-path-regex ledger   # extra schemathesis options
 
@@ -182,7 +182,7 @@ def schemathesis_command(base: str, token: str, *, short: bool, extra: list[str]
     if short:
         command += ["--max-examples", "25", "--max-time", "150", "--seed", "20240601"]
     else:
-        command += ["--max-examples", "300"]
+        command += ["--max-examples", "200", "--max-time", "900"]
     return command + extra
 
 

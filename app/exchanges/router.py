@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from pydantic import BaseModel
 
 from app.access.community import (
@@ -25,7 +25,7 @@ from app.access.errors import (
     MembershipInactive,
     NotAUser,
 )
-from app.access.principal import CurrentUser, Principal
+from app.access.principal import CurrentUser
 from app.core.database import DbSession
 from app.core.errors import InvalidCursor, error_responses
 from app.core.pagination import Page, Pagination
@@ -51,7 +51,8 @@ from app.exchanges.schemas import (
 )
 from app.ledger import errors as ledger_errors
 from app.ledger import service as ledger_service
-from app.ledger.idempotency import IdempotencyKey, Outcome, request_fingerprint, run_idempotent
+from app.ledger.idempotency import run_idempotent
+from app.ledger.idempotent_http import IdempotencyHeader, idempotency_key, idempotent_reply
 from app.ledger.schemas import TransactionRead
 from app.models import Exchange, Transaction
 from app.models.exchanges import ExchangeStatus, ListingStatus, ListingType
@@ -74,15 +75,6 @@ MemberViewer = Annotated[
     MemberAccess, Depends(member_guard(MemberRole.member, "members:read", allow_self=True))
 ]
 
-IdempotencyHeader = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=255,
-        description="Optional; replays the first answer",
-    ),
-]
 
 _AUTH = (
     InvalidToken,
@@ -100,30 +92,6 @@ _POSTING = (
     ledger_errors.IdempotencyKeyReused,
     ledger_errors.IdempotencyInProgress,
 )
-
-
-def _key(
-    request: Request, principal: Principal, header: str | None, payload: BaseModel
-) -> IdempotencyKey | None:
-    if header is None:
-        return None
-    return IdempotencyKey(
-        principal=principal.idempotency_scope,
-        key=header,
-        method=request.method,
-        path=request.url.path,
-        request_hash=request_fingerprint(request.method, request.url.path, payload),
-    )
-
-
-def _reply(outcome: Outcome) -> Response:
-    headers = {"Idempotency-Replayed": "true"} if outcome.replayed else {}
-    return Response(
-        content=outcome.body,
-        status_code=outcome.status,
-        media_type="application/json",
-        headers=headers,
-    )
 
 
 async def _exchange_read(session: DbSession, exchange_id: uuid.UUID) -> ExchangeRead:
@@ -281,7 +249,7 @@ async def create_exchange(
     body: ExchangeCreate,
     access: CommunityWriter,
     session: DbSession,
-    idempotency_key: IdempotencyHeader = None,
+    key_header: IdempotencyHeader = None,
 ) -> Response:
     async def run() -> tuple[int, BaseModel, uuid.UUID | None]:
         exchange = await service.propose_exchange(session, access, body)
@@ -291,8 +259,10 @@ async def create_exchange(
             exchange.transaction_id,
         )
 
-    return _reply(
-        await run_idempotent(session, _key(request, access.principal, idempotency_key, body), run)
+    return idempotent_reply(
+        await run_idempotent(
+            session, idempotency_key(request, access.principal, key_header, body), run
+        )
     )
 
 
@@ -354,7 +324,7 @@ async def confirm_exchange(
     target: ExchangeWriter,
     session: DbSession,
     body: ConfirmInput | None = None,
-    idempotency_key: IdempotencyHeader = None,
+    key_header: IdempotencyHeader = None,
 ) -> Response:
     payload = body or ConfirmInput()
 
@@ -366,8 +336,8 @@ async def confirm_exchange(
             exchange.transaction_id,
         )
 
-    key = _key(request, target.access.principal, idempotency_key, payload)
-    return _reply(await run_idempotent(session, key, run))
+    key = idempotency_key(request, target.access.principal, key_header, payload)
+    return idempotent_reply(await run_idempotent(session, key, run))
 
 
 @router.post(
@@ -438,7 +408,7 @@ async def resolve_exchange(
     body: ResolveInput,
     target: ExchangeWriter,
     session: DbSession,
-    idempotency_key: IdempotencyHeader = None,
+    key_header: IdempotencyHeader = None,
 ) -> Response:
     async def run() -> tuple[int, BaseModel, uuid.UUID | None]:
         exchange = await service.resolve_exchange(
@@ -447,8 +417,8 @@ async def resolve_exchange(
         read = await _exchange_read(session, exchange.id)
         return status.HTTP_200_OK, read, exchange.reversal_transaction_id
 
-    key = _key(request, target.access.principal, idempotency_key, body)
-    return _reply(await run_idempotent(session, key, run))
+    key = idempotency_key(request, target.access.principal, key_header, body)
+    return idempotent_reply(await run_idempotent(session, key, run))
 
 
 @router.get(
@@ -504,14 +474,16 @@ async def create_donation(
     body: DonationCreate,
     access: CommunityWriter,
     session: DbSession,
-    idempotency_key: IdempotencyHeader = None,
+    key_header: IdempotencyHeader = None,
 ) -> Response:
     async def run() -> tuple[int, BaseModel, uuid.UUID | None]:
         transaction_id = await service.donate(session, access, body)
         return status.HTTP_201_CREATED, await _posted(session, transaction_id), transaction_id
 
-    return _reply(
-        await run_idempotent(session, _key(request, access.principal, idempotency_key, body), run)
+    return idempotent_reply(
+        await run_idempotent(
+            session, idempotency_key(request, access.principal, key_header, body), run
+        )
     )
 
 
@@ -531,14 +503,16 @@ async def create_grant(
     body: GrantCreate,
     access: CommunityWriter,
     session: DbSession,
-    idempotency_key: IdempotencyHeader = None,
+    key_header: IdempotencyHeader = None,
 ) -> Response:
     async def run() -> tuple[int, BaseModel, uuid.UUID | None]:
         transaction_id = await service.grant(session, access, body)
         return status.HTTP_201_CREATED, await _posted(session, transaction_id), transaction_id
 
-    return _reply(
-        await run_idempotent(session, _key(request, access.principal, idempotency_key, body), run)
+    return idempotent_reply(
+        await run_idempotent(
+            session, idempotency_key(request, access.principal, key_header, body), run
+        )
     )
 
 

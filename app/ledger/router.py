@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from datetime import date
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime, BaseModel
 
@@ -27,7 +27,6 @@ from app.access.errors import (
     MemberNotFound,
     MembershipInactive,
 )
-from app.access.principal import Principal
 from app.core.database import DbSession
 from app.core.errors import InvalidCursor, Unprocessable, error_responses
 from app.core.pagination import Page, Pagination
@@ -38,7 +37,8 @@ from app.ledger.dependencies import (
     account_guard,
     transaction_guard,
 )
-from app.ledger.idempotency import IdempotencyKey, Outcome, request_fingerprint, run_idempotent
+from app.ledger.idempotency import run_idempotent
+from app.ledger.idempotent_http import IdempotencyHeader, idempotency_key, idempotent_reply
 from app.ledger.schemas import (
     AccountLimitsUpdate,
     AccountRead,
@@ -76,16 +76,6 @@ TransactionReverser = Annotated[
     TransactionAccess, Depends(transaction_guard(MemberRole.coordinator, "ledger:write"))
 ]
 
-IdempotencyHeader = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=255,
-        description="A unique key per intended write (a UUID is ideal). "
-        "Replays return the first answer.",
-    ),
-]
 AsOf = Annotated[AwareDatetime | None, Query(description="Balance and entries as at this instant")]
 From = Annotated[AwareDatetime | None, Query(alias="from", description="Posted at or after")]
 To = Annotated[AwareDatetime | None, Query(alias="to", description="Posted before")]
@@ -105,40 +95,6 @@ _POSTING = (
     errors.LedgerBusy,
 )
 _IDEMPOTENCY = (errors.IdempotencyKeyReused, errors.IdempotencyInProgress)
-
-
-def _key(
-    request: Request,
-    principal: Principal,
-    header: str | None,
-    payload: BaseModel,
-    *,
-    required: bool,
-) -> IdempotencyKey | None:
-    if header is None:
-        if required:
-            raise errors.IdempotencyKeyRequired(
-                "Send an Idempotency-Key header so a retried request cannot post twice."
-            )
-        return None
-    path = request.url.path
-    return IdempotencyKey(
-        principal=principal.idempotency_scope,
-        key=header,
-        method=request.method,
-        path=path,
-        request_hash=request_fingerprint(request.method, path, payload),
-    )
-
-
-def _reply(outcome: Outcome) -> Response:
-    headers = {"Idempotency-Replayed": "true"} if outcome.replayed else {}
-    return Response(
-        content=outcome.body,
-        status_code=outcome.status,
-        media_type="application/json",
-        headers=headers,
-    )
 
 
 def _created(
@@ -247,13 +203,13 @@ async def create_transaction(
     body: TransactionCreate,
     access: LedgerWriter,
     session: DbSession,
-    idempotency_key: IdempotencyHeader = None,
+    key_header: IdempotencyHeader = None,
 ) -> Response:
-    key = _key(request, access.principal, idempotency_key, body, required=True)
+    key = idempotency_key(request, access.principal, key_header, body, required=True)
     outcome = await run_idempotent(
         session, key, _created(lambda: service.create_transaction(session, access, body))
     )
-    return _reply(outcome)
+    return idempotent_reply(outcome)
 
 
 @router.post(
@@ -274,14 +230,14 @@ async def create_transaction_batch(
     body: BatchCreate,
     access: LedgerWriter,
     session: DbSession,
-    idempotency_key: IdempotencyHeader = None,
+    key_header: IdempotencyHeader = None,
 ) -> Response:
-    key = _key(request, access.principal, idempotency_key, body, required=True)
+    key = idempotency_key(request, access.principal, key_header, body, required=True)
 
     async def run() -> tuple[int, BaseModel, uuid.UUID | None]:
         return status.HTTP_200_OK, await service.create_batch(session, access, body), None
 
-    return _reply(await run_idempotent(session, key, run))
+    return idempotent_reply(await run_idempotent(session, key, run))
 
 
 @router.get(
@@ -347,10 +303,10 @@ async def reverse_transaction(
     target: TransactionReverser,
     session: DbSession,
     body: ReversalCreate | None = None,
-    idempotency_key: IdempotencyHeader = None,
+    key_header: IdempotencyHeader = None,
 ) -> Response:
     payload = body or ReversalCreate()
-    key = _key(request, target.access.principal, idempotency_key, payload, required=False)
+    key = idempotency_key(request, target.access.principal, key_header, payload, required=False)
     outcome = await run_idempotent(
         session,
         key,
@@ -360,4 +316,4 @@ async def reverse_transaction(
             )
         ),
     )
-    return _reply(outcome)
+    return idempotent_reply(outcome)

@@ -1,0 +1,59 @@
+"""The HTTP side of idempotent writes, shared by every route that moves hours: the
+``Idempotency-Key`` header, the key a request maps to, and the (possibly replayed) reply."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Header, Request, Response
+from pydantic import BaseModel
+
+from app.access.principal import Principal
+from app.ledger.errors import IdempotencyKeyRequired
+from app.ledger.idempotency import IdempotencyKey, Outcome, request_fingerprint
+
+IdempotencyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="A unique key per intended write (a UUID is ideal). A retry with the same "
+        "key and body replays the first answer with `Idempotency-Replayed: true`.",
+    ),
+]
+
+
+def idempotency_key(
+    request: Request,
+    principal: Principal,
+    header: str | None,
+    payload: BaseModel,
+    *,
+    required: bool = False,
+) -> IdempotencyKey | None:
+    """The key this request is made under (keys are scoped per user or client)."""
+    if header is None:
+        if required:
+            raise IdempotencyKeyRequired(
+                "Send an Idempotency-Key header so a retried request cannot post twice."
+            )
+        return None
+    path = request.url.path
+    return IdempotencyKey(
+        principal=principal.idempotency_scope,
+        key=header,
+        method=request.method,
+        path=path,
+        request_hash=request_fingerprint(request.method, path, payload),
+    )
+
+
+def idempotent_reply(outcome: Outcome) -> Response:
+    headers = {"Idempotency-Replayed": "true"} if outcome.replayed else {}
+    return Response(
+        content=outcome.body,
+        status_code=outcome.status,
+        media_type="application/json",
+        headers=headers,
+    )

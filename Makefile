@@ -25,8 +25,11 @@ install: $(STAMP)
 run: install
 	$(BIN)/timebank serve --host 127.0.0.1 --port 8000
 
+# Everything CI runs: static checks, migrations, the contract, the suite on both databases
+# (with branch coverage), then the short soak (PostgreSQL), crash (SQLite kill -9) and fuzz runs.
 test: install lint typecheck migrations-check openapi-check test-sqlite test-postgres
 	$(BIN)/coverage report --fail-under=$(COVERAGE_FLOOR)
+	$(MAKE) --no-print-directory soak-short crash-short fuzz-short
 
 lint: install
 	$(BIN)/ruff check .

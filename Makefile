@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 LOCK   := requirements/dev.lock
 STAMP  := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
 PG_TEST_URL ?= $(or $(TIMEBANK_TEST_DATABASE_URL),postgresql+asyncpg://postgres@127.0.0.1:5432/test)
-COVERAGE_FLOOR := 85
+COVERAGE_FLOOR := 95
 
 .PHONY: install run test lint typecheck migrations-check openapi-check test-sqlite test-postgres \
         openapi fmt lock bench clean

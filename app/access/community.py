@@ -25,7 +25,7 @@ from app.access.errors import (
 )
 from app.access.principal import CurrentPrincipal, Principal
 from app.core.database import DbSession
-from app.core.errors import Forbidden
+from app.core.errors import DomainError, Forbidden
 from app.core.ids import parse_id
 from app.models import Community, Member
 from app.models.identity import ROLE_RANK, MemberRole, MemberStatus
@@ -152,6 +152,25 @@ async def authorise(
             f"This needs the {role} role in '{community.slug}'; you are a {membership.role}."
         )
     return access
+
+
+async def authorise_or_hide(
+    session: AsyncSession,
+    community_id: uuid.UUID,
+    principal: Principal,
+    *,
+    role: MemberRole | None,
+    client_scope: str | None,
+    missing: DomainError,
+) -> CommunityAccess:
+    """Authorise against the community a row belongs to; to anyone outside that community the
+    row does not exist (``missing``, a 404), so guessed ids reveal nothing."""
+    community = await session.get(Community, community_id)
+    assert community is not None  # rows reference their community by foreign key
+    try:
+        return await authorise(session, community, principal, role=role, client_scope=client_scope)
+    except (NotAMember, CommunityNotFound) as exc:
+        raise missing from exc
 
 
 CommunityGuard = Callable[[str, AsyncSession, Principal], Awaitable[CommunityAccess]]

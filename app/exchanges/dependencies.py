@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from app.access.community import CommunityAccess, NotAMember, authorise
-from app.access.errors import CommunityNotFound
+from app.access.community import CommunityAccess, authorise_or_hide
 from app.access.principal import CurrentPrincipal
 from app.core.database import DbSession
 from app.core.ids import parse_id
 from app.exchanges import errors, service
-from app.models import Community, Exchange, Listing
+from app.models import Exchange, Listing
 from app.models.identity import MemberRole
 
 
@@ -40,14 +39,14 @@ def listing_guard(client_scope: str) -> Callable[..., Awaitable[ListingAccess]]:
         listing = await session.get(Listing, parsed) if parsed else None
         if listing is None:
             raise errors.ListingNotFound(f"No listing has id {listing_id!r}.")
-        community = await session.get(Community, listing.community_id)
-        assert community is not None
-        try:
-            access = await authorise(
-                session, community, principal, role=MemberRole.member, client_scope=client_scope
-            )
-        except (NotAMember, CommunityNotFound) as exc:
-            raise errors.ListingNotFound(f"No listing has id {listing_id!r}.") from exc
+        access = await authorise_or_hide(
+            session,
+            listing.community_id,
+            principal,
+            role=MemberRole.member,
+            client_scope=client_scope,
+            missing=errors.ListingNotFound(f"No listing has id {listing_id!r}."),
+        )
         return ListingAccess(listing=listing, access=access)
 
     return guard
@@ -62,14 +61,14 @@ def exchange_guard(client_scope: str) -> Callable[..., Awaitable[ExchangeAccess]
         missing = errors.ExchangeNotFound(f"No exchange has id {exchange_id!r}.")
         if exchange is None:
             raise missing
-        community = await session.get(Community, exchange.community_id)
-        assert community is not None
-        try:
-            access = await authorise(
-                session, community, principal, role=MemberRole.member, client_scope=client_scope
-            )
-        except (NotAMember, CommunityNotFound) as exc:
-            raise missing from exc
+        access = await authorise_or_hide(
+            session,
+            exchange.community_id,
+            principal,
+            role=MemberRole.member,
+            client_scope=client_scope,
+            missing=missing,
+        )
         if not await service.can_see_exchange(session, access, exchange):
             raise missing
         return ExchangeAccess(exchange=exchange, access=access)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from app.access.community import CommunityAccess, NotAMember, authorise
+from app.access.community import CommunityAccess, NotAMember, authorise, authorise_or_hide
 from app.access.errors import CommunityNotFound
 from app.access.principal import CurrentPrincipal
 from app.core.database import DbSession
@@ -76,14 +76,14 @@ def transaction_guard(
         missing = errors.TransactionNotFound(f"No transaction has id {transaction_id!r}.")
         if transaction is None:
             raise missing
-        community = await session.get(Community, transaction.community_id)
-        assert community is not None
-        try:
-            access = await authorise(
-                session, community, principal, role=MemberRole.member, client_scope=client_scope
-            )
-        except (NotAMember, CommunityNotFound) as exc:
-            raise missing from exc
+        access = await authorise_or_hide(
+            session,
+            transaction.community_id,
+            principal,
+            role=MemberRole.member,
+            client_scope=client_scope,
+            missing=missing,
+        )
         if access.has_role(role) or access.is_client:
             return TransactionAccess(transaction=transaction, access=access)
         own = access.membership

@@ -160,9 +160,13 @@ async def update_community(
     session: AsyncSession, community: Community, changes: dict[str, object]
 ) -> Community:
     # The schema's ranges (min <= 0 <= max) keep the limits ordered whatever is changed.
+    now = utcnow()
+    limits = ("default_min_balance", "default_max_balance")
+    if any(name in changes and changes[name] != getattr(community, name) for name in limits):
+        community.limits_changed_at = now
     for name, value in changes.items():
         setattr(community, name, _plain(value))
-    community.updated_at = utcnow()
+    community.updated_at = now
     await session.flush()
     return community
 

@@ -83,6 +83,9 @@ class Community(IdMixin, CreatedAtMixin, Base):
     )
     auto_confirm_after_days: Mapped[int | None] = mapped_column(BigInt)
     backdating_window_days: Mapped[int] = mapped_column(BigInt, default=90)
+    # When the default limits last changed: reconciliation forgives a balance left outside
+    # limits that were tightened after it was posted (any other edit does not count).
+    limits_changed_at: Mapped[datetime | None] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 

@@ -260,7 +260,13 @@ async def limits_respected(session: AsyncSession, community_id: uuid.UUID | None
     min_balance = func.coalesce(Account.min_balance, Community.default_min_balance)
     max_balance = func.coalesce(Account.max_balance, Community.default_max_balance)
     rows = await session.execute(
-        select(Account.id, Account.balance, min_balance, max_balance, Community.updated_at)
+        select(
+            Account.id,
+            Account.balance,
+            min_balance,
+            max_balance,
+            func.coalesce(Community.limits_changed_at, Community.updated_at),
+        )
         .join(Community, Community.id == Account.community_id)
         .where(_in_community(Account.community_id, community_id))
         .where(or_(Account.balance < min_balance, Account.balance > max_balance))

@@ -182,6 +182,22 @@ async def test_a_balance_moved_further_out_of_range_is_named(
     entry = await entry_id(app, moved, b.account_id)
     assert limit["rows"]["entry_id"] == entry
 
+    # Renaming the community (a day later, say) changes nothing about its limits: the finding
+    # stays. Only a change of the default limits would forgive it.
+    expect(
+        await client.patch(
+            f"/v1/communities/{books.id}", json={"name": "Renamed"}, headers=books.admin.headers
+        ),
+        200,
+    )
+    await tamper(
+        app,
+        "UPDATE communities SET updated_at = '2999-01-01 00:00:00' WHERE id = :id",
+        id=db_id(app, books.id),
+    )
+    run = await reconcile(client, books.platform)
+    assert set(failing(run)) == {"limits"}
+
 
 async def test_reversals_that_do_not_mirror_point_nowhere_or_reverse_a_reversal(
     client: AsyncClient, app: FastAPI

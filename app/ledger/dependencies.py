@@ -1,7 +1,9 @@
 """Load-and-authorise dependencies for ledger resources.
 
 An account is visible to its own member, to coordinators and admins of its community, and to
-partner clients with ``ledger:read``. Anyone else gets 404: ids reveal nothing.
+partner clients with ``ledger:read``. Outside the community an id reveals nothing (404); a
+fellow member of the community is told the role it lacks (403 ``insufficient_role``), since the
+community's membership is no secret to its members.
 """
 
 from __future__ import annotations

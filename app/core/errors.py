@@ -192,6 +192,17 @@ async def _handle_validation_error(request: Request, exc: Exception) -> JSONResp
             detail="The request body is not valid JSON.",
             errors=problems,
         )
+    if problems and all(
+        p.type == "missing" and p.loc == ["header", "Idempotency-Key"] for p in problems
+    ):
+        # A write that moves hours without its key: say exactly that (the code clients know).
+        return problem_response(
+            request,
+            status=400,
+            code="idempotency_key_required",
+            title="Idempotency-Key header required",
+            detail="Send an Idempotency-Key header so a retried request cannot post twice.",
+        )
     summary = "; ".join(f"{'.'.join(str(x) for x in p.loc)}: {p.msg}" for p in problems[:5])
     return problem_response(
         request,

@@ -23,6 +23,19 @@ IdempotencyHeader = Annotated[
     ),
 ]
 
+# Routes that always move hours (transactions, batches) require the key: the contract says so,
+# and a request without it is answered 400 ``idempotency_key_required`` (app.core.errors).
+RequiredIdempotencyHeader = Annotated[
+    str,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Required. A unique key per intended write (a UUID is ideal). A retry with "
+        "the same key and body replays the first answer with `Idempotency-Replayed: true`.",
+    ),
+]
+
 
 def idempotency_key(
     request: Request,

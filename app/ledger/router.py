@@ -38,7 +38,12 @@ from app.ledger.dependencies import (
     transaction_guard,
 )
 from app.ledger.idempotency import run_idempotent
-from app.ledger.idempotent_http import IdempotencyHeader, idempotency_key, idempotent_reply
+from app.ledger.idempotent_http import (
+    IdempotencyHeader,
+    RequiredIdempotencyHeader,
+    idempotency_key,
+    idempotent_reply,
+)
 from app.ledger.schemas import (
     AccountLimitsUpdate,
     AccountRead,
@@ -203,7 +208,7 @@ async def create_transaction(
     body: TransactionCreate,
     access: LedgerWriter,
     session: DbSession,
-    key_header: IdempotencyHeader = None,
+    key_header: RequiredIdempotencyHeader,
 ) -> Response:
     key = idempotency_key(request, access.principal, key_header, body, required=True)
     outcome = await run_idempotent(
@@ -230,7 +235,7 @@ async def create_transaction_batch(
     body: BatchCreate,
     access: LedgerWriter,
     session: DbSession,
-    key_header: IdempotencyHeader = None,
+    key_header: RequiredIdempotencyHeader,
 ) -> Response:
     key = idempotency_key(request, access.principal, key_header, body, required=True)
 

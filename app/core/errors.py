@@ -127,6 +127,19 @@ class PayloadTooLarge(DomainError):
     title = "Payload too large"
 
 
+def problem_body(error: DomainError) -> dict[str, Any]:
+    """The problem document of a refusal, outside any response (batch results carry one per
+    refused item)."""
+    return {
+        "type": PROBLEM_TYPE_BASE + error.code,
+        "title": error.title,
+        "status": error.status,
+        "detail": error.detail,
+        "code": error.code,
+        **error.extra,
+    }
+
+
 def problem_response(
     request: Request | None,
     *,

@@ -54,7 +54,7 @@ from app.ledger import service as ledger_service
 from app.ledger.idempotency import run_idempotent
 from app.ledger.idempotent_http import IdempotencyHeader, idempotency_key, idempotent_reply
 from app.ledger.schemas import TransactionRead
-from app.models import Exchange, Transaction
+from app.models import Exchange
 from app.models.exchanges import ExchangeStatus, ListingStatus, ListingType
 from app.models.identity import MemberKind, MemberRole
 
@@ -452,12 +452,6 @@ async def list_member_thanks(
 # --- the community fund -------------------------------------------------------------------
 
 
-async def _posted(session: DbSession, transaction_id: uuid.UUID) -> TransactionRead:
-    transaction = await session.get(Transaction, transaction_id)
-    assert transaction is not None
-    return (await ledger_service.transaction_reads(session, [transaction]))[0]
-
-
 @router.post(
     "/communities/{community_id}/donations",
     tags=["fund"],
@@ -477,8 +471,8 @@ async def create_donation(
     key_header: IdempotencyHeader = None,
 ) -> Response:
     async def run() -> tuple[int, BaseModel, uuid.UUID | None]:
-        transaction_id = await service.donate(session, access, body)
-        return status.HTTP_201_CREATED, await _posted(session, transaction_id), transaction_id
+        posted = await service.donate(session, access, body)
+        return status.HTTP_201_CREATED, ledger_service.transaction_read(posted), posted.id
 
     return idempotent_reply(
         await run_idempotent(
@@ -506,8 +500,8 @@ async def create_grant(
     key_header: IdempotencyHeader = None,
 ) -> Response:
     async def run() -> tuple[int, BaseModel, uuid.UUID | None]:
-        transaction_id = await service.grant(session, access, body)
-        return status.HTTP_201_CREATED, await _posted(session, transaction_id), transaction_id
+        posted = await service.grant(session, access, body)
+        return status.HTTP_201_CREATED, ledger_service.transaction_read(posted), posted.id
 
     return idempotent_reply(
         await run_idempotent(

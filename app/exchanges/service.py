@@ -32,8 +32,9 @@ from app.exchanges.schemas import (
     ThanksRead,
 )
 from app.ledger import service as ledger_service
+from app.ledger.accounts import fund_accounts
 from app.ledger.errors import AlreadyReversed, LedgerError
-from app.ledger.posting import Poster, PostingRequest, post_transaction
+from app.ledger.posting import PostedTransaction, Poster, PostingRequest, post_transaction
 from app.models import (
     Account,
     Category,
@@ -55,7 +56,7 @@ from app.models.exchanges import (
     Resolution,
 )
 from app.models.identity import ConfirmationPolicy, MemberKind, MemberRole, MemberStatus
-from app.models.ledger import AccountKind, TransactionKind
+from app.models.ledger import TransactionKind
 
 # --- who is acting ------------------------------------------------------------------------
 
@@ -425,11 +426,7 @@ async def _parties(session: AsyncSession, exchange: Exchange) -> list[ExchangePa
 
 
 async def _fund_account(session: AsyncSession, community_id: uuid.UUID) -> Account:
-    fund = await session.scalar(
-        select(Account).where(
-            Account.community_id == community_id, Account.kind == AccountKind.fund.value
-        )
-    )
+    fund = (await fund_accounts(session, [community_id])).get(community_id)
     if fund is None:  # pragma: no cover - created with the community
         raise errors.FundNotFound("This community has no fund account.")
     return fund
@@ -983,7 +980,9 @@ async def thanks_for(
 # --- the community fund -------------------------------------------------------------------
 
 
-async def donate(session: AsyncSession, access: CommunityAccess, data: DonationCreate) -> uuid.UUID:
+async def donate(
+    session: AsyncSession, access: CommunityAccess, data: DonationCreate
+) -> PostedTransaction:
     community = access.community
     if data.member_id is not None and acts_as_coordinator(access):
         donor = await _community_member(session, community, data.member_id)
@@ -998,7 +997,7 @@ async def donate(session: AsyncSession, access: CommunityAccess, data: DonationC
         raise errors.PartyNotActive(f"{donor.display_name}'s membership is {donor.status}.")
     donor_account = await ledger_service.member_account(session, donor.id)
     fund = await _fund_account(session, community.id)
-    posted = await post_transaction(
+    return await post_transaction(
         session,
         community,
         PostingRequest(
@@ -1010,10 +1009,11 @@ async def donate(session: AsyncSession, access: CommunityAccess, data: DonationC
         ),
         poster=poster_of(access),
     )
-    return posted.id
 
 
-async def grant(session: AsyncSession, access: CommunityAccess, data: GrantCreate) -> uuid.UUID:
+async def grant(
+    session: AsyncSession, access: CommunityAccess, data: GrantCreate
+) -> PostedTransaction:
     if not acts_as_coordinator(access):
         raise errors.CoordinatorRequired("Only coordinators grant hours from the fund.")
     community = access.community
@@ -1022,7 +1022,7 @@ async def grant(session: AsyncSession, access: CommunityAccess, data: GrantCreat
         raise errors.PartyNotActive(f"{recipient.display_name}'s membership is {recipient.status}.")
     recipient_account = await ledger_service.member_account(session, recipient.id)
     fund = await _fund_account(session, community.id)
-    posted = await post_transaction(
+    return await post_transaction(
         session,
         community,
         PostingRequest(
@@ -1034,7 +1034,6 @@ async def grant(session: AsyncSession, access: CommunityAccess, data: GrantCreat
         ),
         poster=poster_of(access),
     )
-    return posted.id
 
 
 async def fund_account(session: AsyncSession, community: Community) -> Account:

@@ -247,7 +247,7 @@ async def list_communities(
 ) -> Page[CommunityRead]:
     communities, next_cursor = await service.list_communities(session, principal, page)
     return Page(
-        items=[await service.community_read(session, c) for c in communities],
+        items=await service.community_reads(session, communities),
         next_cursor=next_cursor,
     )
 

@@ -27,10 +27,9 @@ from app.identity.schemas import (
     MemberUpdate,
     UserCreate,
 )
-from app.ledger.accounts import open_fund_account, open_member_account
+from app.ledger.accounts import fund_accounts, open_fund_account, open_member_account
 from app.models import Account, Community, Member, User
 from app.models.identity import ROLE_RANK, MemberKind, MemberRole, MemberStatus
-from app.models.ledger import AccountKind
 
 
 def _plain(value: object) -> object:
@@ -131,18 +130,22 @@ async def create_community(
     return community
 
 
-async def fund_account_id(session: AsyncSession, community_id: uuid.UUID) -> uuid.UUID | None:
-    return await session.scalar(
-        select(Account.id).where(
-            Account.community_id == community_id, Account.kind == AccountKind.fund.value
-        )
-    )
+async def community_reads(
+    session: AsyncSession, communities: Sequence[Community]
+) -> list[CommunityRead]:
+    """Read models with each community's fund account id (one query for the whole page)."""
+    funds = await fund_accounts(session, (c.id for c in communities))
+    reads = []
+    for community in communities:
+        read = CommunityRead.model_validate(community)
+        fund = funds.get(community.id)
+        read.fund_account_id = fund.id if fund else None
+        reads.append(read)
+    return reads
 
 
 async def community_read(session: AsyncSession, community: Community) -> CommunityRead:
-    read = CommunityRead.model_validate(community)
-    read.fund_account_id = await fund_account_id(session, community.id)
-    return read
+    return (await community_reads(session, [community]))[0]
 
 
 async def list_communities(

@@ -1,7 +1,12 @@
-"""Opening accounts. Identity calls this when a member joins or a community is created."""
+"""Opening accounts (identity calls this when a member joins or a community is created) and
+finding a community's fund."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterable
+
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Account, Community, Member
@@ -25,6 +30,19 @@ async def open_member_account(
     session.add(account)
     await session.flush()
     return account
+
+
+async def fund_accounts(
+    session: AsyncSession, community_ids: Iterable[uuid.UUID]
+) -> dict[uuid.UUID, Account]:
+    """Each community's fund account, for any number of communities in one query."""
+    ids = list(community_ids)
+    if not ids:
+        return {}
+    rows = await session.scalars(
+        select(Account).where(Account.community_id.in_(ids), Account.kind == AccountKind.fund.value)
+    )
+    return {account.community_id: account for account in rows}
 
 
 async def open_fund_account(session: AsyncSession, community: Community) -> Account:

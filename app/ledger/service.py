@@ -18,7 +18,7 @@ from app.access.community import CommunityAccess
 from app.access.errors import InsufficientRole, InsufficientScope
 from app.core.clock import utcnow
 from app.core.database import READ_SNAPSHOT_OPTION
-from app.core.errors import DomainError, InvalidCursor, Unprocessable
+from app.core.errors import DomainError, InvalidCursor, Unprocessable, problem_body
 from app.core.ids import parse_id
 from app.core.pagination import PageParams, decode_cursor, encode_cursor
 from app.ledger import errors
@@ -230,7 +230,7 @@ async def create_batch(
 
     results: list[BatchItemResult | None] = [None] * len(requests)
     for index, refusal in early.items():
-        results[index] = BatchItemResult(index=index, status="refused", error=_problem(refusal))
+        results[index] = BatchItemResult(index=index, status="refused", error=problem_body(refusal))
     for (index, _), outcome in zip(valid, outcomes, strict=True):
         if outcome.posted is not None:
             results[index] = BatchItemResult(
@@ -239,25 +239,13 @@ async def create_batch(
         else:
             assert outcome.error is not None
             results[index] = BatchItemResult(
-                index=index, status="refused", error=_problem(outcome.error)
+                index=index, status="refused", error=problem_body(outcome.error)
             )
     final = [r for r in results if r is not None]
     posted_count = sum(1 for r in final if r.status == "posted")
     return BatchResult(
         atomic=data.atomic, posted=posted_count, refused=len(final) - posted_count, results=final
     )
-
-
-def _problem(exc: DomainError) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "type": f"https://timebank.dev/problems/{exc.code}",
-        "title": exc.title,
-        "status": exc.status,
-        "detail": exc.detail,
-        "code": exc.code,
-    }
-    body.update(exc.extra)
-    return body
 
 
 async def reverse_transaction(

@@ -25,6 +25,7 @@ from app.core.errors import (
     install_error_handlers,
 )
 from app.core.observability import Metrics, RequestContextMiddleware, configure_logging
+from app.core.runtime import freeze_startup_objects
 from app.core.security import PasswordService, TokenService
 from app.exchanges.router import router as exchanges_router
 from app.identity.auth import AuthServices
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessionmaker = create_sessionmaker(engine)
         if engine.dialect.name == "sqlite":
             app.state.sqlite_write_lock = asyncio.Lock()
+        freeze_startup_objects()
         try:
             yield
         finally:

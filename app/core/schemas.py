@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, ClassVar, Self
+from functools import cache
+from typing import Annotated, Any, ClassVar, Self, get_args
 
 from pydantic import (
     AfterValidator,
@@ -29,19 +30,44 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
+def _holds_input_model(annotation: Any) -> bool:
+    if isinstance(annotation, type) and issubclass(annotation, InputModel):
+        return True
+    return any(_holds_input_model(arg) for arg in get_args(annotation))
+
+
 class InputModel(BaseModel):
     """Request bodies: a misspelt field is a 422, not silently ignored.
 
     No text anywhere in a body may hold a NUL character: PostgreSQL refuses it in text and
-    jsonb (a 500 if it got that far) and SQLite's C string functions stop at it.
+    jsonb (a 500 if it got that far) and SQLite's C string functions stop at it. Each model
+    looks at its own fields; a field holding other input models is left to them, so a nested
+    body (a batch of transactions of entries) is walked once, not once per level.
     """
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
+    @classmethod
+    @cache
+    def _nested_input_keys(cls) -> frozenset[str]:
+        keys: set[str] = set()
+        for name, info in cls.model_fields.items():
+            if _holds_input_model(info.annotation):
+                keys.update({name, info.alias or name})
+        return frozenset(keys)
+
     @model_validator(mode="before")
     @classmethod
     def _no_nul_characters(cls, data: Any) -> Any:
-        if _has_nul(data):
+        if isinstance(data, dict):
+            nested = cls._nested_input_keys()
+            found = any(
+                _has_nul(key) or (key not in nested and _has_nul(value))
+                for key, value in data.items()
+            )
+        else:
+            found = _has_nul(data)
+        if found:
             raise ValueError("text may not contain NUL (\\u0000) characters")
         return data
 

@@ -13,15 +13,14 @@ crash can never leave a posting without its record or a record without its posti
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, cast
+from typing import cast
 
 from pydantic import BaseModel
-from sqlalchemy import Table, bindparam, delete, insert, select, text
+from sqlalchemy import Boolean, Table, bindparam, column, delete, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -49,22 +48,42 @@ class Outcome:
     replayed: bool
 
 
-def request_fingerprint(method: str, path: str, payload: BaseModel | dict[str, Any] | None) -> str:
-    """A stable hash of what the request asks for (field order and whitespace do not count)."""
-    data = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else payload
-    canonical = json.dumps(
-        {"m": method, "p": path, "b": data}, sort_keys=True, separators=(",", ":")
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+def request_fingerprint(method: str, path: str, payload: BaseModel) -> str:
+    """A stable hash of what the request asks for: the validated body, serialised in the
+    model's field order, so the client's field order and whitespace do not count (and a
+    1,000-transaction batch is hashed from pydantic's compiled serialiser, not re-walked)."""
+    digest = hashlib.sha256(f"{method}\x1f{path}\x1f".encode())
+    digest.update(payload.model_dump_json().encode())
+    return digest.hexdigest()
 
 
 # Built once: statements on the hot path skip construction and cache-key work per request.
-_TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:lock_id)")
-_FIND = select(IdempotencyRecord).where(
-    IdempotencyRecord.principal == bindparam("principal"),
-    IdempotencyRecord.key == bindparam("key"),
+_records = cast(Table, IdempotencyRecord.__table__)
+_STORED = (
+    _records.c.request_hash,
+    _records.c.response_status,
+    _records.c.response_body,
+    _records.c.expires_at,
 )
-_RECORD = insert(cast(Table, IdempotencyRecord.__table__))
+_THIS_KEY = (
+    _records.c.principal == bindparam("principal"),
+    _records.c.key == bindparam("key"),
+)
+_FIND = select(*_STORED).where(*_THIS_KEY)
+# PostgreSQL: take the key's advisory lock and read its record in one round trip. The read's
+# snapshot predates the lock, so if the first request commits in between, this one does not
+# see its record, runs, and is stopped by the unique (principal, key) index when it records
+# its outcome: 409 ``idempotency_in_progress`` and a rollback, never a second posting.
+_LOCK_AND_FIND_POSTGRES = text(
+    """
+    SELECT pg_try_advisory_xact_lock(:lock_id) AS locked,
+           r.request_hash, r.response_status, r.response_body, r.expires_at
+    FROM (SELECT 1) AS one
+    LEFT JOIN idempotency_records AS r ON r.principal = :principal AND r.key = :key
+    """
+).columns(column("locked", Boolean), *_STORED)
+_FORGET = delete(_records).where(*_THIS_KEY)
+_RECORD = insert(_records)
 
 
 def _lock_id(principal: str, key: str) -> int:
@@ -82,14 +101,20 @@ async def run_idempotent(
         status, model, _ = await operation()
         return Outcome(status=status, body=model.model_dump_json(), replayed=False)
 
+    this_key = {"principal": key.principal, "key": key.key}
     if session.get_bind().dialect.name == "postgresql":
-        locked = await session.scalar(_TRY_LOCK, {"lock_id": _lock_id(key.principal, key.key)})
-        if not locked:
+        row = (
+            await session.execute(
+                _LOCK_AND_FIND_POSTGRES, {**this_key, "lock_id": _lock_id(key.principal, key.key)}
+            )
+        ).one()
+        if not row.locked:
             raise errors.IdempotencyInProgress(
                 "The first request with this Idempotency-Key has not finished; retry shortly."
             )
-
-    existing = await session.scalar(_FIND, {"principal": key.principal, "key": key.key})
+        existing = row if row.request_hash is not None else None
+    else:
+        existing = (await session.execute(_FIND, this_key)).one_or_none()
     if existing is not None and existing.expires_at > utcnow():
         if existing.request_hash != key.request_hash:
             raise errors.IdempotencyKeyReused(
@@ -97,8 +122,7 @@ async def run_idempotent(
             )
         return Outcome(status=existing.response_status, body=existing.response_body, replayed=True)
     if existing is not None:  # expired: the key may be used afresh
-        await session.delete(existing)
-        await session.flush()
+        await session.execute(_FORGET, this_key)
 
     status, model, transaction_id = await operation()
     body = model.model_dump_json()
@@ -120,7 +144,7 @@ async def run_idempotent(
                 "expires_at": now + RETENTION,
             },
         )
-    except IntegrityError as exc:  # pragma: no cover - the advisory lock / single writer prevent it
+    except IntegrityError as exc:  # pragma: no cover - a first request committed a moment ago
         raise errors.IdempotencyInProgress("A concurrent request used this key; retry.") from exc
     return Outcome(status=status, body=body, replayed=False)
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 from datetime import date, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import AfterValidator, Field, StringConstraints
 
@@ -26,10 +26,22 @@ Memo = Annotated[str, StringConstraints(max_length=500)]
 LimitMinutes = Annotated[int, Field(strict=True, ge=-MAX_ENTRY_MINUTES, le=MAX_ENTRY_MINUTES)]
 
 
+def _sorted_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _sorted_keys(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted_keys(item) for item in value]
+    return value
+
+
 def _small_document(value: dict[str, Any]) -> dict[str, Any]:
+    """At most 4 KB, with keys in a canonical order: a retry that sends the same details with
+    keys in another order is the same request (idempotency fingerprints the validated body)."""
+    if not value:
+        return value
     if len(json.dumps(value)) > MAX_DETAILS_BYTES:
         raise ValueError(f"details must serialise to at most {MAX_DETAILS_BYTES} bytes")
-    return value
+    return cast(dict[str, Any], _sorted_keys(value))
 
 
 Details = Annotated[dict[str, Any], AfterValidator(_small_document)]

@@ -157,7 +157,12 @@ def _check_occurred_on(data: TransactionCreate) -> None:
 def transaction_read(
     posted: PostedTransaction, reversed_by_id: uuid.UUID | None = None
 ) -> TransactionRead:
-    return TransactionRead(
+    """The response for a transaction the engine has just posted.
+
+    Built with ``model_construct``: every value comes from the engine already typed (ids,
+    dates, whole minutes), so validating it again would only spend the time a 1,000-item
+    batch response otherwise takes twice over."""
+    return TransactionRead.model_construct(
         id=posted.id,
         community_id=posted.community_id,
         kind=posted.kind,
@@ -171,7 +176,8 @@ def transaction_read(
         reversed_by_id=reversed_by_id,
         content_hash=posted.content_hash,
         entries=[
-            EntryRead(
+            EntryRead.model_construct(
+                id=None,
                 account_id=e.account_id,
                 minutes=e.minutes,
                 balance_after=e.balance_after,
@@ -233,8 +239,11 @@ async def create_batch(
         results[index] = BatchItemResult(index=index, status="refused", error=problem_body(refusal))
     for (index, _), outcome in zip(valid, outcomes, strict=True):
         if outcome.posted is not None:
-            results[index] = BatchItemResult(
-                index=index, status="posted", transaction=transaction_read(outcome.posted)
+            results[index] = BatchItemResult.model_construct(
+                index=index,
+                status="posted",
+                transaction=transaction_read(outcome.posted),
+                error=None,
             )
         else:
             assert outcome.error is not None

@@ -772,3 +772,38 @@ async def test_a_batch_takes_a_thousand_transactions_and_no_more(
     assert (account["balance"], account["version"]) == (0, 1000)
     assert (account["earned_total"], account["spent_total"]) == (500, 500)
     await check_books(app, limits_unchanged=True)
+
+
+async def test_a_retry_with_fields_and_details_in_another_order_replays(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """The idempotency fingerprint is of what the request asks for, not of its bytes: a client
+    library that orders keys differently on a retry gets the first answer, not a 422."""
+    api = Api(client, app)
+    books = await open_books(api, members=2, logins=False)
+    a, b = (m.account_id for m in books.members)
+    url = f"/v1/communities/{books.id}/transactions"
+    headers = {**books.admin.headers, "Idempotency-Key": "ordered"}
+    first = {
+        "memo": "Shopping",
+        "entries": _entries((a, 45), (b, -45)),
+        "details": {"source": "app", "visit": {"day": "mon", "hours": [1, 2]}},
+    }
+    posted = expect(await client.post(url, json=first, headers=headers), 201)
+    assert posted["details"] == {"source": "app", "visit": {"day": "mon", "hours": [1, 2]}}
+
+    reordered = {
+        "details": {"visit": {"hours": [1, 2], "day": "mon"}, "source": "app"},
+        "entries": [{"minutes": 45, "account_id": a}, {"minutes": -45, "account_id": b}],
+        "memo": "Shopping",
+    }
+    again = await client.post(url, json=reordered, headers=headers)
+    assert again.status_code == 201
+    assert again.headers["Idempotency-Replayed"] == "true"
+    assert again.json() == posted
+    assert [await balance(client, x, books.admin) for x in (a, b)] == [45, -45]
+
+    # Order inside a list is meaning, not layout: it is a different request.
+    swapped = {**first, "details": {"source": "app", "visit": {"day": "mon", "hours": [2, 1]}}}
+    refused(await client.post(url, json=swapped, headers=headers), 422, "idempotency_key_reused")
+    await check_books(app, limits_unchanged=True)

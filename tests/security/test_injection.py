@@ -153,6 +153,22 @@ async def test_nul_characters_are_refused_before_they_reach_the_database(
             },
         ),
         ("POST", "/v1/users", {"email": "nul\x00@example.org", "password": "a long enough \x00 password"}),
+        # Nested models check their own fields: an entry inside a transaction inside a batch.
+        (
+            "POST",
+            f"/v1/communities/{b}/transactions",
+            {"entries": [{"account_id": "a\x00", "minutes": 5}, {"account_id": world.b_other.account_id, "minutes": -5}]},
+        ),
+        (
+            "POST",
+            f"/v1/communities/{b}/transactions/batch",
+            {"transactions": [{"entries": [{"account_id": world.b_member.account_id, "minutes": 5}, {"account_id": world.b_other.account_id, "minutes": -5}], "memo": "ok"}, {"entries": [{"account_id": world.b_member.account_id, "minutes": 5}, {"account_id": world.b_other.account_id, "minutes": -5}], "details": {"deep": [{"x": "\x00"}]}}]},
+        ),
+        (
+            "POST",
+            f"/v1/communities/{b}/transactions/batch",
+            {"atomic": False, "transactions": [{"entries": [{"account_id": world.b_member.account_id, "minutes": 5}, {"account_id": world.b_other.account_id, "minutes": -5}], "memo": "\x00"}]},
+        ),
     ]  # fmt: skip
     for method, path, body in attempts:
         response = await client.request(

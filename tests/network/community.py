@@ -15,10 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
-from typing import Any
+from typing import Any, cast
 
 import networkx as nx
-from sqlalchemy import insert
+from sqlalchemy import Table, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.ids import new_id
@@ -98,6 +98,7 @@ def generate(
     active = able[: max(2, int(len(able) * 0.7))]
     heavy = active[: max(2, len(active) // 5)]
     community = GenCommunity(community_id, people)
+    by_id = {m.id: m for m in people}
     statuses = ["confirmed"] * 80 + ["disputed"] * 5 + ["resolved"] * 8 + ["proposed"] * 3
     statuses += ["rejected"] * 2 + ["cancelled"] * 2
     for _ in range(exchanges):
@@ -140,11 +141,10 @@ def generate(
         )
         community.exchanges.append(exchange)
         if exchange.counted:
-            balances = {m.id: m for m in people}
             for member_id, m in providers:
-                balances[member_id].balance += m
+                by_id[member_id].balance += m
             for member_id, m in receivers:
-                balances[member_id].balance -= m
+                by_id[member_id].balance -= m
     return community
 
 
@@ -212,15 +212,19 @@ async def insert_community(
                 {"exchange_id": x.id, "member_id": member_id, "role": role, "minutes": minutes}
                 for member_id, minutes in parties
             )
+    # Core executemany (not the ORM's bulk path): the rows go to the driver as they are, with
+    # only the columns' own defaults filled in.
     async with sessionmaker() as session, session.begin():
-        for table, rows in (
+        connection = await session.connection()
+        for model, rows in (
             (Member, member_rows),
             (Account, account_rows),
             (Exchange, exchange_rows),
             (ExchangeParty, party_rows),
         ):
+            table = cast(Table, model.__table__)
             for chunk in batches(rows):
-                await session.execute(insert(table), chunk)
+                await connection.execute(insert(table), chunk)
 
 
 # --- the reference ------------------------------------------------------------------------

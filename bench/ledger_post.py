@@ -298,14 +298,18 @@ async def bench_postgres(
         await asyncio.to_thread(_seed.migrate, ref_url)
         ref_seeded = await _seed.seed(ref_url, args.accounts)
         await _reference.install(ref_url, ref_seeded.account_ids)
-        pgb = await asyncio.to_thread(
-            _reference.run_pgbench,
-            database=ref_db,
-            user_id=ref_seeded.coordinator_user_id,
-            accounts=args.accounts,
-            clients=args.pgbench_clients,
-            duration=args.duration,
-        )
+
+        async def pgbench(clients: int, duration: float) -> _reference.PgbenchResult:
+            return await asyncio.to_thread(
+                _reference.run_pgbench,
+                database=ref_db,
+                user_id=ref_seeded.coordinator_user_id,
+                accounts=args.accounts,
+                clients=clients,
+                duration=duration,
+            )
+
+        pgb = await pgbench(args.pgbench_clients, args.duration)
         ref_tps = pgb.tps
         if pgb.transactions and pgb.database_cpu:
             ref_cpu_us = pgb.database_cpu / pgb.transactions * 1e6
@@ -330,14 +334,7 @@ async def bench_postgres(
             # The latency goal is for 32 connections; a closed loop of 32 clients waits
             # 32 / throughput on average (Little's law), whatever serves it. The reference
             # driven the same way shows what the database alone allows at that concurrency.
-            wide = await asyncio.to_thread(
-                _reference.run_pgbench,
-                database=ref_db,
-                user_id=ref_seeded.coordinator_user_id,
-                accounts=args.accounts,
-                clients=args.concurrency,
-                duration=args.duration / 2,
-            )
+            wide = await pgbench(args.concurrency, args.duration / 2)
             ref_wide_p99 = wide.p(99)
             print(f"pgbench, {args.concurrency} clients (the service's concurrency):")
             print(

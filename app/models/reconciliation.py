@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Integer, String
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Integer, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, BigInt, CreatedAtMixin, IdMixin, JSONDocument
@@ -34,6 +34,8 @@ class ReconciliationRun(IdMixin, CreatedAtMixin, Base):
     status: Mapped[str] = mapped_column(String(10), default=RunStatus.queued.value)
     progress: Mapped[int] = mapped_column(Integer, default=0)
     seal_requested: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Re-hash every sealed row even where the seal's census says nothing changed.
+    full_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     requested_by_user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
@@ -58,6 +60,10 @@ class LedgerSeal(IdMixin, CreatedAtMixin, Base):
     block_digests: Mapped[list[str]] = mapped_column(JSONDocument, default=list)
     digest: Mapped[str] = mapped_column(String(64))
     chained_digest: Mapped[str] = mapped_column(String(64))
+    # What the sealing run saw, by row version, and where the blocks start (PostgreSQL only;
+    # None before incremental verification existed, or on SQLite): see docs/seals.md. Folded
+    # into chained_digest, so editing it is as visible as editing the digests.
+    census: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
 
 
 class ExternalRecordMatch(IdMixin, CreatedAtMixin, Base):

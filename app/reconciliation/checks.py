@@ -12,7 +12,20 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select, text
+from sqlalchemy import (
+    ColumnElement,
+    Uuid,
+    and_,
+    any_,
+    bindparam,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import (
@@ -27,6 +40,7 @@ from app.models import (
 from app.models.exchanges import ExchangeStatus, Resolution
 from app.models.ledger import AccountKind, TransactionKind
 from app.reconciliation.findings import CheckResult, Finding
+from app.reconciliation.seals import Fresh
 
 POSTED_EXCHANGE_STATUSES = (
     ExchangeStatus.confirmed.value,
@@ -39,8 +53,15 @@ def _in_community(column: Any, community_id: uuid.UUID | None) -> ColumnElement[
     return literal(True) if community_id is None else column == community_id
 
 
+def _among(column: Any, ids: list[uuid.UUID], name: str) -> ColumnElement[bool]:
+    """``column = ANY(:ids)``: one array parameter however many ids (PostgreSQL only, which is
+    the only backend that verifies incrementally)."""
+    condition: ColumnElement[bool] = column == any_(bindparam(name, ids, type_=ARRAY(Uuid())))
+    return condition
+
+
 async def transactions_balance(
-    session: AsyncSession, community_id: uuid.UUID | None
+    session: AsyncSession, community_id: uuid.UUID | None, fresh: Fresh | None = None
 ) -> CheckResult:
     result = CheckResult(
         "transactions_balance",
@@ -56,6 +77,8 @@ async def transactions_balance(
         grouped = grouped.join(Transaction, Transaction.id == Entry.transaction_id).where(
             Transaction.community_id == community_id
         )
+    if fresh is not None:  # everything else is as the last sealing run verified it
+        grouped = grouped.where(_among(Entry.transaction_id, fresh.transaction_ids, "fresh"))
     rows = await session.execute(grouped)
     for transaction_id, count, total, zeros in rows:
         result.add(
@@ -69,6 +92,11 @@ async def transactions_balance(
     orphans = await session.execute(
         select(Transaction.id)
         .where(_in_community(Transaction.community_id, community_id))
+        .where(
+            literal(True)
+            if fresh is None
+            else _among(Transaction.id, fresh.transaction_ids, "fresh")
+        )
         .where(~select(Entry.id).where(Entry.transaction_id == Transaction.id).exists())
     )
     for (transaction_id,) in orphans:
@@ -83,7 +111,9 @@ async def transactions_balance(
     return result
 
 
-async def community_sums(session: AsyncSession, community_id: uuid.UUID | None) -> CheckResult:
+async def community_sums(
+    session: AsyncSession, community_id: uuid.UUID | None, fresh: Fresh | None = None
+) -> CheckResult:
     result = CheckResult("balances_sum_to_zero", "Within each community, all balances sum to 0.")
     cached = await session.execute(
         select(Account.community_id, func.sum(Account.balance))
@@ -135,7 +165,9 @@ def _entry_totals() -> Any:
     )
 
 
-async def cached_totals(session: AsyncSession, community_id: uuid.UUID | None) -> CheckResult:
+async def cached_totals(
+    session: AsyncSession, community_id: uuid.UUID | None, fresh: Fresh | None = None
+) -> CheckResult:
     result = CheckResult(
         "cached_totals",
         "Each account's cached balance, version and earned/spent totals equal what its entries give.",
@@ -200,7 +232,9 @@ async def cached_totals(session: AsyncSession, community_id: uuid.UUID | None) -
     return result
 
 
-async def balance_chains(session: AsyncSession, community_id: uuid.UUID | None) -> CheckResult:
+async def balance_chains(
+    session: AsyncSession, community_id: uuid.UUID | None, fresh: Fresh | None = None
+) -> CheckResult:
     result = CheckResult(
         "balance_after_chain",
         "Each account's entries run versions 1..n and each balance_after is the previous plus its amount.",
@@ -229,6 +263,10 @@ async def balance_chains(session: AsyncSession, community_id: uuid.UUID | None) 
                 select(Account.id).where(Account.community_id == community_id)
             )
         )
+        # An account none of whose entries is fresh has the chain the last sealing run checked.
+        .where(
+            literal(True) if fresh is None else _among(Entry.account_id, fresh.account_ids, "fresh")
+        )
         .subquery()
     )
     rows = await session.execute(
@@ -251,7 +289,9 @@ async def balance_chains(session: AsyncSession, community_id: uuid.UUID | None) 
     return result
 
 
-async def limits_respected(session: AsyncSession, community_id: uuid.UUID | None) -> CheckResult:
+async def limits_respected(
+    session: AsyncSession, community_id: uuid.UUID | None, fresh: Fresh | None = None
+) -> CheckResult:
     """A balance outside its limits is a finding only when the entry that put it there moved
     away from the range while those limits were in force (limits may be tightened later)."""
     result = CheckResult(
@@ -304,7 +344,9 @@ async def limits_respected(session: AsyncSession, community_id: uuid.UUID | None
     return result
 
 
-async def reversals(session: AsyncSession, community_id: uuid.UUID | None) -> CheckResult:
+async def reversals(
+    session: AsyncSession, community_id: uuid.UUID | None, fresh: Fresh | None = None
+) -> CheckResult:
     result = CheckResult(
         "reversals",
         "Every reversal mirrors an existing, non-reversal transaction, reversed at most once.",
@@ -405,7 +447,7 @@ async def reversals(session: AsyncSession, community_id: uuid.UUID | None) -> Ch
 
 
 async def exchanges_posted_once(
-    session: AsyncSession, community_id: uuid.UUID | None
+    session: AsyncSession, community_id: uuid.UUID | None, fresh: Fresh | None = None
 ) -> CheckResult:
     result = CheckResult(
         "exchanges_posted_once",
@@ -484,7 +526,9 @@ async def exchanges_posted_once(
     return result
 
 
-async def idempotency_records(session: AsyncSession, community_id: uuid.UUID | None) -> CheckResult:
+async def idempotency_records(
+    session: AsyncSession, community_id: uuid.UUID | None, fresh: Fresh | None = None
+) -> CheckResult:
     result = CheckResult(
         "idempotency_records",
         "Every idempotency record that names a transaction names an existing one.",
@@ -511,7 +555,9 @@ async def idempotency_records(session: AsyncSession, community_id: uuid.UUID | N
     return result
 
 
-async def fund_history(session: AsyncSession, community_id: uuid.UUID | None) -> CheckResult:
+async def fund_history(
+    session: AsyncSession, community_id: uuid.UUID | None, fresh: Fresh | None = None
+) -> CheckResult:
     """The fund moves only by donations in, grants out, equal-split remainders out, and
     reversals of those."""
     result = CheckResult(
@@ -609,16 +655,19 @@ SELECT id, content_hash, recomputed FROM (
       max((account_id::text || ':' || amount::text) COLLATE "C") AS high,
       min(account_id::text COLLATE "C") AS low_account,
       max(account_id::text COLLATE "C") AS high_account
-    FROM entries GROUP BY transaction_id
+    FROM entries {entries_filter} GROUP BY transaction_id
   ) AS lines ON lines.transaction_id = t.id
-  WHERE CAST(:community_id AS uuid) IS NULL OR t.community_id = CAST(:community_id AS uuid)
+  WHERE (CAST(:community_id AS uuid) IS NULL OR t.community_id = CAST(:community_id AS uuid))
+  {transactions_filter}
 ) AS hashed
 WHERE recomputed <> content_hash
 ORDER BY id
 """
 
 
-async def content_hashes(session: AsyncSession, community_id: uuid.UUID | None) -> CheckResult:
+async def content_hashes(
+    session: AsyncSession, community_id: uuid.UUID | None, fresh: Fresh | None = None
+) -> CheckResult:
     """Recompute every transaction's content hash from its rows: an edit made behind the
     service (a memo, an amount, a moved entry) shows here, naming the transaction."""
     result = CheckResult(
@@ -626,10 +675,16 @@ async def content_hashes(session: AsyncSession, community_id: uuid.UUID | None) 
         "Each transaction's stored content hash matches its memo, kind, date and entries.",
     )
     if session.get_bind().dialect.name == "postgresql":
-        rows = await session.execute(
-            text(_CONTENT_HASHES_SQL),
-            {"community_id": str(community_id) if community_id else None},
-        )
+        params: dict[str, Any] = {"community_id": str(community_id) if community_id else None}
+        if fresh is None:
+            statement = _CONTENT_HASHES_SQL.format(entries_filter="", transactions_filter="")
+        else:  # only transactions that can differ from what the last sealing run verified
+            statement = _CONTENT_HASHES_SQL.format(
+                entries_filter="WHERE transaction_id = ANY(CAST(:fresh AS uuid[]))",
+                transactions_filter="AND t.id = ANY(CAST(:fresh AS uuid[]))",
+            )
+            params["fresh"] = [str(t) for t in fresh.transaction_ids]
+        rows = await session.execute(text(statement), params)
         for transaction_id, stored, recomputed in rows:
             result.add(_hash_finding(transaction_id, stored, recomputed))
         return result

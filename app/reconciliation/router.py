@@ -94,6 +94,7 @@ async def start_reconciliation(
         session,
         community_id=community_id,
         seal=body.seal,
+        full=body.full,
         user_id=principal.user.id if principal.user else None,
     )
     background.add_task(service.execute_run, request.app.state.engine, run.id)

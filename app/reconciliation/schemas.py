@@ -14,6 +14,11 @@ class ReconciliationCreate(InputModel):
         default=None, description="Check one community; omit to check (and seal) the whole ledger"
     )
     seal: bool = Field(default=True, description="Append a seal when every check passes")
+    full: bool = Field(
+        default=False,
+        description="Re-hash every sealed row and transaction, even where the last seal's "
+        "census shows nothing changed (whole-ledger runs; otherwise done on a schedule)",
+    )
 
 
 class ReconciliationRead(OutputModel):
@@ -22,6 +27,7 @@ class ReconciliationRead(OutputModel):
     status: RunStatus
     progress: int = Field(description="Percent done")
     seal_requested: bool
+    full_requested: bool
     findings_count: int
     created_at: datetime
     started_at: datetime | None

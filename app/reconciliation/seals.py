@@ -3,20 +3,31 @@
 A seal covers the entries with ``previous_high_water < id <= high_water``. Its digest is made
 from blocks of BLOCK_SIZE canonical entry rows (each row carries its transaction's content
 hash, so transaction edits show too), and each seal's ``chained_digest`` folds in the one
-before it. A later run recomputes every sealed block: any row edited, deleted or inserted below
-a sealed mark changes a block digest, and the first changed block is where the chain breaks.
+before it. A full verification recomputes every sealed block: any row edited, deleted or
+inserted below a sealed mark changes a block digest, and the first changed block is where the
+chain breaks.
+
+On PostgreSQL a seal also carries a *census* of what its run saw, by row version (``xmin``):
+the next run proves from it that no row that run saw was rewritten or deleted, and then
+re-hashes only the rows written since (``Fresh``). Anything it cannot prove sends the run back
+to a full verification.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
+import json
+import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from app.core.clock import utcnow
 from app.models import Entry, LedgerSeal, Transaction
 
 BLOCK_SIZE = 10_000
@@ -31,8 +42,20 @@ def canonical_entry(row: Any) -> bytes:
     ).encode()
 
 
-def chain(previous_chained: str, digest: str, high_water: int) -> str:
-    return hashlib.sha256(f"{previous_chained}|{digest}|{high_water}".encode()).hexdigest()
+def chain(
+    previous_chained: str, digest: str, high_water: int, census: dict[str, Any] | None = None
+) -> str:
+    """The chained digest; a seal's census (when it has one) is folded in, so editing the
+    census is as visible as editing the digests themselves."""
+    link = f"{previous_chained}|{digest}|{high_water}"
+    if census is not None:
+        link += "|" + hashlib.sha256(canonical_census(census)).hexdigest()
+    return hashlib.sha256(link.encode()).hexdigest()
+
+
+def canonical_census(census: dict[str, Any]) -> bytes:
+    # JSONB reorders keys; sorted keys and fixed separators give the same bytes after a trip.
+    return json.dumps(census, sort_keys=True, separators=(",", ":")).encode()
 
 
 @dataclass
@@ -134,47 +157,30 @@ class TamperReport:
     found: dict[str, Any]
 
 
-async def verify_chain(session: AsyncSession) -> tuple[list[TamperReport], LedgerSeal | None, int]:
-    """Recompute every seal; return tamper reports, the last seal, and entries verified."""
+async def verify_chain(
+    session: AsyncSession, fresh: Fresh | None = None
+) -> tuple[list[TamperReport], LedgerSeal | None, int]:
+    """Check every seal; return tamper reports, the last seal, and the entries vouched for.
+
+    With ``fresh`` None, every sealed block is recomputed (a full verification). With a
+    ``Fresh`` (the census held: no row the last sealing run saw was rewritten or deleted), only
+    the blocks that hold a row written since, or an entry of a transaction written since, are
+    recomputed; every other block is exactly as it was when it last verified. The chained
+    digests are always checked, for every seal.
+    """
     seals = list(await session.scalars(select(LedgerSeal).order_by(LedgerSeal.high_water)))
     reports: list[TamperReport] = []
     previous_chained = GENESIS
     verified = 0
     for seal in seals:
-        span = await digest_span(session, seal.previous_high_water, seal.high_water)
-        verified += span.entry_count
-        if span.digest != seal.digest or span.entry_count != seal.entry_count:
-            first_bad = next(
-                (
-                    i
-                    for i, (stored, found) in enumerate(
-                        zip(seal.block_digests, span.block_digests, strict=False)
-                    )
-                    if stored != found
-                ),
-                min(len(seal.block_digests), len(span.block_digests)),
-            )
-            start = (
-                span.first_entry_of_block[first_bad]
-                if first_bad < len(span.first_entry_of_block)
-                else None
-            )
-            reports.append(
-                TamperReport(
-                    seal_id=str(seal.id),
-                    high_water=seal.high_water,
-                    message=(
-                        f"Sealed entries ({seal.previous_high_water}, {seal.high_water}] changed "
-                        f"behind the service: the chain first breaks in block {first_bad}"
-                        + (f", which starts at entry {start}." if start is not None else ".")
-                    ),
-                    first_bad_block=first_bad,
-                    entries_from=start,
-                    expected={"entry_count": seal.entry_count, "digest": seal.digest},
-                    found={"entry_count": span.entry_count, "digest": span.digest},
-                )
-            )
-        expected_chain = chain(previous_chained, seal.digest, seal.high_water)
+        if fresh is None:
+            report = await _recompute_span(session, seal)
+        else:
+            report = await _recompute_suspect_blocks(session, seal, fresh.entry_ids_to_rehash)
+        verified += seal.entry_count
+        if report is not None:
+            reports.append(report)
+        expected_chain = chain(previous_chained, seal.digest, seal.high_water, seal.census)
         if expected_chain != seal.chained_digest:
             reports.append(
                 TamperReport(
@@ -189,6 +195,261 @@ async def verify_chain(session: AsyncSession) -> tuple[list[TamperReport], Ledge
             )
         previous_chained = seal.chained_digest
     return reports, (seals[-1] if seals else None), verified
+
+
+def _broken(
+    seal: LedgerSeal, first_bad: int, start: int | None, found: dict[str, Any]
+) -> TamperReport:
+    return TamperReport(
+        seal_id=str(seal.id),
+        high_water=seal.high_water,
+        message=(
+            f"Sealed entries ({seal.previous_high_water}, {seal.high_water}] changed "
+            f"behind the service: the chain first breaks in block {first_bad}"
+            + (f", which starts at entry {start}." if start is not None else ".")
+        ),
+        first_bad_block=first_bad,
+        entries_from=start,
+        expected={"entry_count": seal.entry_count, "digest": seal.digest},
+        found=found,
+    )
+
+
+async def _recompute_span(session: AsyncSession, seal: LedgerSeal) -> TamperReport | None:
+    span = await digest_span(session, seal.previous_high_water, seal.high_water)
+    if span.digest == seal.digest and span.entry_count == seal.entry_count:
+        return None
+    first_bad = next(
+        (
+            i
+            for i, (stored, found) in enumerate(
+                zip(seal.block_digests, span.block_digests, strict=False)
+            )
+            if stored != found
+        ),
+        min(len(seal.block_digests), len(span.block_digests)),
+    )
+    start = (
+        span.first_entry_of_block[first_bad] if first_bad < len(span.first_entry_of_block) else None
+    )
+    return _broken(seal, first_bad, start, {"entry_count": span.entry_count, "digest": span.digest})
+
+
+async def _recompute_suspect_blocks(
+    session: AsyncSession, seal: LedgerSeal, suspects: list[int]
+) -> TamperReport | None:
+    """Recompute the blocks of this seal that hold a suspect entry id (sorted ``suspects``)."""
+    low, high = seal.previous_high_water, seal.high_water
+    inside = suspects[bisect.bisect_right(suspects, low) : bisect.bisect_right(suspects, high)]
+    if not inside:
+        return None
+    starts = (seal.census or {}).get("block_starts")
+    if not starts or len(starts) != len(seal.block_digests):
+        return await _recompute_span(session, seal)  # a seal from before block starts were kept
+    for block in sorted({max(bisect.bisect_right(starts, i) - 1, 0) for i in inside}):
+        block_low = low if block == 0 else starts[block] - 1
+        block_high = starts[block + 1] - 1 if block + 1 < len(starts) else high
+        span = await digest_span(session, block_low, block_high)
+        if span.block_digests != [seal.block_digests[block]]:
+            return _broken(
+                seal,
+                block,
+                starts[block],
+                {"block_entries": span.entry_count, "block_digests": span.block_digests},
+            )
+    return None
+
+
+# --- Incremental verification (PostgreSQL): the census -------------------------------------
+#
+# A row is *fresh* relative to a reference xid P when its xmin follows P in PostgreSQL's
+# circular xid order: (xmin - P) mod 2^32 < 2^31. It is a function of the raw 32-bit xmin and
+# P alone (age() of each is taken from the same "now", which cancels), so a row's class never
+# changes while it exists. PostgreSQL 15 keeps the raw xmin when it freezes a row (VACUUM
+# FREEZE sets a flag; ``xmin`` still reads the original xid, checked by a test); the special
+# xids 0-2 get age() = INT_MAX and are never fresh. Every row version written after a
+# snapshot whose xmin is P has xid >= P, so it is fresh as long as fewer than 2^31 xids have
+# passed since P: MAX_XID_DISTANCE keeps a wide margin below that.
+MAX_XID_DISTANCE = 2**30
+# Fresh rows listed in a census (normally the few postings that committed while the sealing
+# run began); beyond this the census is not kept and the next run verifies in full.
+CENSUS_LIST_LIMIT = 10_000
+# Beyond this many fresh entries an incremental run saves little: verify in full.
+FRESH_LIMIT = 100_000
+# A full verification at least this often, whatever the census says: it also catches what
+# the census cannot see (a data file edited outside PostgreSQL, keeping xmin).
+FULL_VERIFICATION_EVERY = timedelta(days=7)
+
+
+# Rows are aliased "r" in every statement that classifies them.
+_DISTANCE = "(age(CAST(CAST(:reference AS text) AS xid))::bigint - age(r.xmin)::bigint)"
+FRESH = f"({_DISTANCE} BETWEEN 0 AND 2147483647 OR {_DISTANCE} < -2147483648)"
+
+
+_SNAPSHOT_XIDS = text(
+    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, "
+    "pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+)
+# Which cluster, database and tables the xids belong to: a restore, an upgrade or a failover
+# to another cluster makes them meaningless (and rewrites every row), so the run goes full.
+_IDENTITY = text(
+    "SELECT (SELECT system_identifier::text FROM pg_control_system()), "
+    "(SELECT oid::bigint FROM pg_database WHERE datname = current_database()), "
+    "'entries'::regclass::oid::bigint, 'transactions'::regclass::oid::bigint"
+)
+# (The statements below are built from the constant FRESH and fixed table names only.)
+_COUNTS = {
+    table: text(
+        f"SELECT count(*) FILTER (WHERE NOT {FRESH}), count(*) FILTER (WHERE {FRESH}) "  # noqa: S608
+        f"FROM {table} r"
+    )
+    for table in ("entries", "transactions")
+}
+_FRESH_ENTRIES = text(
+    f"SELECT r.id, r.transaction_id, r.account_id FROM entries r WHERE {FRESH}"  # noqa: S608
+)
+_FRESH_TRANSACTIONS = text(f"SELECT r.id FROM transactions r WHERE {FRESH}")  # noqa: S608
+_ENTRIES_OF = text("SELECT id FROM entries WHERE transaction_id = ANY(CAST(:ids AS uuid[]))")
+
+
+async def _identity(session: AsyncSession) -> dict[str, str]:
+    system, database, entries, transactions = (await session.execute(_IDENTITY)).one()
+    return {
+        "system": str(system),
+        "database": str(database),
+        "entries": str(entries),
+        "transactions": str(transactions),
+    }
+
+
+async def take_census(
+    session: AsyncSession, span: SealSpan, full_verified_at: datetime | None
+) -> dict[str, Any] | None:
+    """What this run's snapshot holds, by row version, for the seal it is about to make:
+    rows older than the snapshot's xmin are counted, the few fresher ones listed by id."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    reference = int((await session.execute(_SNAPSHOT_XIDS)).one()[0])
+    census: dict[str, Any] = {
+        "reference": reference,
+        "identity": await _identity(session),
+        "block_starts": span.first_entry_of_block,
+        "full_verified_at": (full_verified_at or utcnow()).isoformat(),
+    }
+    params = {"reference": str(reference % 2**32)}
+    for table, statement in (("entries", _FRESH_ENTRIES), ("transactions", _FRESH_TRANSACTIONS)):
+        before, fresh = (await session.execute(_COUNTS[table], params)).one()
+        if fresh > CENSUS_LIST_LIMIT:
+            return None
+        rows = (await session.execute(statement, params)).all() if fresh else []
+        census[table] = {"before": int(before), "fresh": sorted(str(row[0]) for row in rows)}
+    return census
+
+
+@dataclass
+class Fresh:
+    """What can differ from what the last sealing run verified (the census held)."""
+
+    entry_ids: list[int]
+    # Transactions whose row is fresh or that have a fresh entry.
+    transaction_ids: list[uuid.UUID]
+    # Accounts with a fresh entry.
+    account_ids: list[uuid.UUID]
+    # Entries to re-digest where sealed: the fresh ones and those of fresh transactions.
+    entry_ids_to_rehash: list[int]
+
+
+@dataclass
+class Plan:
+    mode: str  # "full" or "incremental"
+    reason: str
+    fresh: Fresh | None = None
+    # When the census failed: reported as tampering unless the full verification finds the
+    # break itself (it names the block; this only says that something the last run saw went).
+    census_break: TamperReport | None = None
+    # The last full verification, carried into the next seal's census.
+    full_verified_at: datetime | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        report: dict[str, Any] = {"mode": self.mode, "reason": self.reason}
+        if self.fresh is not None:
+            report["fresh_entries"] = len(self.fresh.entry_ids)
+            report["fresh_transactions"] = len(self.fresh.transaction_ids)
+        return report
+
+
+async def plan_verification(
+    session: AsyncSession, last_seal: LedgerSeal | None, full_requested: bool
+) -> Plan:
+    """Decide, inside the run's snapshot, whether a whole-ledger run may verify incrementally."""
+    if session.get_bind().dialect.name != "postgresql":
+        return Plan("full", "SQLite keeps no row versions to compare.")
+    if last_seal is None:
+        return Plan("full", "No seal yet.")
+    census = last_seal.census
+    if census is None:
+        return Plan("full", "The last seal has no census.")
+    full_verified_at = datetime.fromisoformat(census["full_verified_at"])
+    if full_requested:
+        return Plan("full", "A full verification was requested.")
+    if utcnow() - full_verified_at >= FULL_VERIFICATION_EVERY:
+        return Plan("full", f"Scheduled: the last full verification was at {full_verified_at}.")
+    if census["identity"] != await _identity(session):
+        return Plan("full", "The database or its ledger tables are not those the census saw.")
+    reference = int(census["reference"])
+    horizon = int((await session.execute(_SNAPSHOT_XIDS)).one()[1])
+    if not 0 <= horizon - reference < MAX_XID_DISTANCE:
+        return Plan("full", "Too many transactions since the last seal to compare row versions.")
+    params = {"reference": str(reference % 2**32)}
+
+    gone: dict[str, int] = {}
+    fresh_counts: dict[str, int] = {}
+    for table in ("entries", "transactions"):
+        before, fresh = (await session.execute(_COUNTS[table], params)).one()
+        gone[table] = census[table]["before"] - int(before)
+        fresh_counts[table] = int(fresh)
+    if all(n == 0 for n in gone.values()) and fresh_counts["entries"] <= FRESH_LIMIT:
+        entries = (await session.execute(_FRESH_ENTRIES, params)).all()
+        fresh_rows = set((await session.execute(_FRESH_TRANSACTIONS, params)).scalars())
+        # Rows the sealing run saw although they were fresh already must all still be here.
+        gone["entries"] = len(set(census["entries"]["fresh"]) - {str(e.id) for e in entries})
+        gone["transactions"] = len(
+            set(census["transactions"]["fresh"]) - {str(t) for t in fresh_rows}
+        )
+        if all(n == 0 for n in gone.values()):
+            transaction_ids = sorted(fresh_rows | {e.transaction_id for e in entries})
+            of_fresh = (
+                await session.execute(_ENTRIES_OF, {"ids": [str(t) for t in transaction_ids]})
+            ).scalars()
+            return Plan(
+                "incremental",
+                "The census of the last seal holds: only rows written since are re-hashed.",
+                fresh=Fresh(
+                    entry_ids=sorted(e.id for e in entries),
+                    transaction_ids=transaction_ids,
+                    account_ids=sorted({e.account_id for e in entries}),
+                    entry_ids_to_rehash=sorted({e.id for e in entries} | set(of_fresh)),
+                ),
+                full_verified_at=full_verified_at,
+            )
+    if all(n == 0 for n in gone.values()):
+        return Plan("full", "Too many rows written since the last seal to be worth comparing.")
+    return Plan(
+        "full",
+        "Rows that the last sealing run saw were rewritten or deleted.",
+        census_break=TamperReport(
+            seal_id=str(last_seal.id),
+            high_water=last_seal.high_water,
+            message=(
+                f"{gone['entries']} entries and {gone['transactions']} transactions that the "
+                "run which made the last seal saw were rewritten or deleted behind the service."
+            ),
+            first_bad_block=None,
+            entries_from=None,
+            expected={k: census[k]["before"] for k in ("entries", "transactions")},
+            found={k: census[k]["before"] - gone[k] for k in ("entries", "transactions")},
+        ),
+    )
 
 
 # Transactions (other than ours) that have begun an INSERT into entries and not yet ended. An
@@ -244,7 +505,9 @@ async def settled_high_water(connection: AsyncConnection) -> tuple[int, bool]:
     return mark, not writers
 
 
-def new_seal(previous: LedgerSeal | None, span: SealSpan) -> LedgerSeal:
+def new_seal(
+    previous: LedgerSeal | None, span: SealSpan, census: dict[str, Any] | None = None
+) -> LedgerSeal:
     digest = span.digest
     previous_chained = previous.chained_digest if previous else GENESIS
     return LedgerSeal(
@@ -254,5 +517,6 @@ def new_seal(previous: LedgerSeal | None, span: SealSpan) -> LedgerSeal:
         entry_count=span.entry_count,
         block_digests=span.block_digests,
         digest=digest,
-        chained_digest=chain(previous_chained, digest, span.high),
+        chained_digest=chain(previous_chained, digest, span.high, census),
+        census=census,
     )

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.core.clock import utcnow
 from app.core.database import READ_SNAPSHOT_OPTION
 from app.core.pagination import PageParams, paginate_by_id
-from app.models import Account, Entry, ReconciliationRun
+from app.models import Account, Entry, LedgerSeal, ReconciliationRun
 from app.models.reconciliation import RunStatus
 from app.reconciliation import seals
 from app.reconciliation.checks import CHECKS
@@ -38,12 +38,18 @@ SNAPSHOT_WORK_MEM = "128MB"
 
 
 async def create_run(
-    session: AsyncSession, *, community_id: uuid.UUID | None, seal: bool, user_id: uuid.UUID | None
+    session: AsyncSession,
+    *,
+    community_id: uuid.UUID | None,
+    seal: bool,
+    user_id: uuid.UUID | None,
+    full: bool = False,
 ) -> ReconciliationRun:
     run = ReconciliationRun(
         community_id=community_id,
         status=RunStatus.queued.value,
         seal_requested=seal,
+        full_requested=full,
         requested_by_user_id=user_id,
         report={},
     )
@@ -101,12 +107,15 @@ async def execute_run(engine: AsyncEngine, run_id: uuid.UUID) -> ReconciliationR
         run = await session.get(ReconciliationRun, run_id)
         assert run is not None
         community_id, seal_requested = run.community_id, run.seal_requested
+        full_requested = run.full_requested
     started = time.perf_counter()
     await _set(
         sessionmaker, run_id, status=RunStatus.running.value, started_at=utcnow(), progress=1
     )
     try:
-        report = await _run_checks(engine, sessionmaker, run_id, community_id, seal_requested)
+        report = await _run_checks(
+            engine, sessionmaker, run_id, community_id, seal_requested, full_requested
+        )
     except Exception as exc:  # the run failed to run: say so, keep the service up
         logger.exception("reconciliation run %s failed", run_id)
         await _set(
@@ -141,17 +150,27 @@ async def _run_checks(
     run_id: uuid.UUID,
     community_id: uuid.UUID | None,
     seal_requested: bool,
+    full_requested: bool,
 ) -> dict[str, Any]:
     async with engine.connect() as connection:
         high_water, settled = await seals.settled_high_water(connection)
     steps = len(CHECKS) + 2
     results: list[CheckResult] = []
     async with read_snapshot(engine) as snapshot:
+        if community_id is None:
+            latest = await snapshot.scalar(
+                select(LedgerSeal).order_by(LedgerSeal.high_water.desc()).limit(1)
+            )
+            plan = await seals.plan_verification(snapshot, latest, full_requested)
+        else:
+            plan = seals.Plan("full", "A run for one community checks all of its rows.")
         for index, check in enumerate(CHECKS, start=1):
-            results.append(await check(snapshot, community_id))
+            results.append(await check(snapshot, community_id, plan.fresh))
             await _set(sessionmaker, run_id, progress=int(100 * index / steps))
         if community_id is None:
-            tampering, last_seal, verified = await seals.verify_chain(snapshot)
+            tampering, last_seal, verified = await seals.verify_chain(snapshot, plan.fresh)
+            if plan.census_break is not None and not tampering:
+                tampering.append(plan.census_break)
         else:
             # Seals cover every community's entries at once: a scoped run neither verifies
             # nor extends them (and so names no other community's rows).
@@ -159,14 +178,18 @@ async def _run_checks(
         await _set(sessionmaker, run_id, progress=int(100 * (steps - 1) / steps))
         passed = all(r.passed for r in results) and not tampering
         span = None
+        census = None
         low = last_seal.high_water if last_seal else 0
         if passed and seal_requested and community_id is None and settled and high_water > low:
             span = await seals.digest_span(snapshot, low, high_water)
+            census = await seals.take_census(
+                snapshot, span, plan.full_verified_at if plan.mode == "incremental" else None
+            )
 
     seal_report: dict[str, Any] | None = None
     note = None
     if span is not None:
-        seal = seals.new_seal(last_seal, span)
+        seal = seals.new_seal(last_seal, span, census)
         try:
             async with sessionmaker() as session, session.begin():
                 session.add(seal)
@@ -198,6 +221,7 @@ async def _run_checks(
         "checks": [r.as_dict() for r in results],
         "tampering": [t.__dict__ for t in tampering],
         "sealed_entries_verified": verified,
+        "verification": plan.as_dict(),
         "seal": seal_report,
         "seal_note": note,
     }
@@ -227,6 +251,9 @@ def render_text(run: ReconciliationRun) -> str:
         if check["findings_total"] > 20:
             lines.append(f"         ... and {check['findings_total'] - 20} more")
     lines.append(f"  sealed entries re-verified: {report['sealed_entries_verified']}")
+    if report.get("verification"):
+        verification = report["verification"]
+        lines.append(f"  verification: {verification['mode']} ({verification['reason']})")
     for tamper in report["tampering"]:
         lines.append(f"  [TAMPER] {tamper['message']}")
     if report.get("seal"):

@@ -1,0 +1,302 @@
+"""Incremental verification (PostgreSQL): after a sealed run, the next run re-hashes only rows
+written since, and still catches every kind of change made behind the service; a full
+verification is there on request and on a schedule (docs/seals.md)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from httpx import AsyncClient
+from sqlalchemy import text
+
+from app.reconciliation import seals
+from tests.ledger.helpers import post
+from tests.reconciliation.helpers import (
+    Scenario,
+    db_id,
+    failing,
+    insert_transaction,
+    reconcile,
+    scalar,
+    scenario,
+    tamper,
+)
+
+pytestmark = pytest.mark.anyio
+
+postgres_only = pytest.mark.postgres_only
+
+
+def verification(run: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = run["report"]["verification"]
+    return found
+
+
+async def sealed(client: AsyncClient, app: FastAPI) -> Scenario:
+    books = await scenario(client, app)
+    run = await reconcile(client, books.platform)
+    assert run["status"] == "passed", failing(run)
+    assert run["report"]["seal"] is not None
+    return books
+
+
+@postgres_only
+async def test_after_a_seal_runs_verify_incrementally_and_full_on_request(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    books = await sealed(client, app)
+    a, b = books.members[0], books.members[1]
+    again = await reconcile(client, books.platform)
+    assert again["status"] == "passed", failing(again)
+    assert verification(again)["mode"] == "incremental"
+    assert verification(again)["fresh_entries"] == 0
+    assert again["report"]["sealed_entries_verified"] == again["report"]["high_water"]
+
+    # Postings since the seal are fresh: checked, then sealed by the next run.
+    await post(client, books.id, books.admin, [(a.account_id, 5), (b.account_id, -5)])
+    posted = await reconcile(client, books.platform)
+    assert posted["status"] == "passed", failing(posted)
+    assert verification(posted) | {"reason": ""} == {
+        "mode": "incremental",
+        "reason": "",
+        "fresh_entries": 2,
+        "fresh_transactions": 1,
+    }
+    assert posted["report"]["seal"]["entries"] == 2
+
+    full = await reconcile(client, books.platform, full=True)
+    assert full["status"] == "passed"
+    assert full["full_requested"] is True
+    assert verification(full) == {"mode": "full", "reason": "A full verification was requested."}
+    assert full["report"]["sealed_entries_verified"] == posted["report"]["seal"]["high_water"]
+
+
+async def test_sqlite_and_scoped_runs_verify_in_full(client: AsyncClient, app: FastAPI) -> None:
+    books = await sealed(client, app)
+    scoped = await reconcile(client, books.platform, community_id=books.id)
+    assert verification(scoped)["mode"] == "full"
+    whole = await reconcile(client, books.platform)
+    expected = "full" if app.state.engine.dialect.name == "sqlite" else "incremental"
+    assert verification(whole)["mode"] == expected
+
+
+@postgres_only
+async def test_a_full_verification_is_scheduled(
+    client: AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    books = await sealed(client, app)
+    monkeypatch.setattr(seals, "FULL_VERIFICATION_EVERY", timedelta(0))
+    run = await reconcile(client, books.platform)
+    assert run["status"] == "passed"
+    assert verification(run)["mode"] == "full"
+    assert verification(run)["reason"].startswith("Scheduled")
+
+
+@postgres_only
+async def test_an_edited_sealed_entry_sends_the_run_to_full_and_names_its_block(
+    client: AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(seals, "BLOCK_SIZE", 4)
+    books = await sealed(client, app)
+    await tamper(app, "UPDATE entries SET amount = amount + 1 WHERE id = 10")
+    run = await reconcile(client, books.platform)
+    assert run["status"] == "failed"
+    assert verification(run)["mode"] == "full"
+    assert "rewritten or deleted" in verification(run)["reason"]
+    [report] = run["report"]["tampering"]
+    assert (report["first_bad_block"], report["entries_from"]) == (2, 9)
+    assert "content_hashes" in failing(run)
+
+
+@postgres_only
+async def test_a_deleted_sealed_entry_is_caught(client: AsyncClient, app: FastAPI) -> None:
+    books = await sealed(client, app)
+    await tamper(app, "DELETE FROM entries WHERE id = 3")
+    run = await reconcile(client, books.platform)
+    assert run["status"] == "failed"
+    [report] = run["report"]["tampering"]
+    assert report["first_bad_block"] == 0
+    assert report["expected"]["entry_count"] == report["found"]["entry_count"] + 1
+    assert {"transactions_balance", "balance_after_chain"} <= set(failing(run))
+
+
+@postgres_only
+async def test_a_deleted_transaction_row_is_caught(client: AsyncClient, app: FastAPI) -> None:
+    books = await sealed(client, app)
+    await tamper(app, "DELETE FROM transactions WHERE id = :id", id=db_id(app, books.transfers[0]))
+    run = await reconcile(client, books.platform)
+    assert run["status"] == "failed"
+    assert verification(run)["mode"] == "full"
+    # Its entries no longer join to a transaction: the sealed block changed.
+    assert run["report"]["tampering"][0]["first_bad_block"] == 0
+
+
+@postgres_only
+async def test_an_edited_memo_is_caught_and_reported_as_tampering(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    books = await sealed(client, app)
+    await tamper(
+        app,
+        "UPDATE transactions SET memo = 'nothing to see' WHERE id = :id",
+        id=db_id(app, books.transfers[3]),
+    )
+    run = await reconcile(client, books.platform)
+    found = failing(run)
+    assert set(found) == {"content_hashes"}
+    assert found["content_hashes"][0]["rows"] == {"transaction_id": books.transfers[3]}
+    # The memo is not in the seal's blocks; the census says a row it saw was rewritten.
+    [report] = run["report"]["tampering"]
+    assert report["first_bad_block"] is None
+    assert report["expected"]["transactions"] == report["found"]["transactions"] + 1
+    assert "rewritten or deleted" in report["message"]
+
+
+@postgres_only
+async def test_a_row_inserted_below_the_sealed_mark_is_caught_incrementally(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    books = await scenario(client, app)
+    a, b = books.members[0], books.members[1]
+    # Leave a gap in the entry ids (as a rolled-back posting does), then seal past it.
+    gap = int(await scalar(app, "SELECT nextval('entries_id_seq')"))
+    await post(client, books.id, books.admin, [(a.account_id, 5), (b.account_id, -5)])
+    first = await reconcile(client, books.platform)
+    assert first["status"] == "passed", failing(first)
+    assert first["report"]["seal"]["high_water"] > gap
+
+    # Fill the gap behind the service, with a transaction that balances on its own.
+    forged = await insert_transaction(
+        app, books.id, "adjustment", [(a.account_id, 1), (b.account_id, -1)]
+    )
+    await tamper(
+        app,
+        "UPDATE entries SET id = :gap WHERE id = (SELECT min(id) FROM entries "
+        "WHERE transaction_id = :forged)",
+        gap=gap,
+        forged=db_id(app, forged),
+    )
+    run = await reconcile(client, books.platform)
+    assert run["status"] == "failed"
+    assert verification(run)["mode"] == "incremental"
+    [report] = run["report"]["tampering"]
+    assert report["first_bad_block"] == 0
+    assert "changed behind the service" in report["message"]
+
+
+@postgres_only
+async def test_an_edited_census_breaks_the_chained_digest(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    books = await sealed(client, app)
+    # Deleting an entry and lowering the census count to match must not pass unseen.
+    await tamper(
+        app,
+        "DELETE FROM entries WHERE id = 3",
+        "UPDATE ledger_seals SET census = jsonb_set(census, '{entries,before}', "
+        "to_jsonb((census->'entries'->>'before')::int - 1))",
+    )
+    run = await reconcile(client, books.platform)
+    assert run["status"] == "failed"
+    messages = [t["message"] for t in run["report"]["tampering"]]
+    assert any("seal record itself was altered" in m for m in messages)
+
+
+@postgres_only
+async def test_frozen_rows_keep_their_xmin_and_raise_no_alarm(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    books = await sealed(client, app)
+    async with app.state.engine.connect() as connection:
+        connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        before = (
+            await connection.execute(text("SELECT xmin::text FROM entries WHERE id = 1"))
+        ).scalar()
+        await connection.execute(text("VACUUM (FREEZE) entries"))
+        await connection.execute(text("VACUUM (FREEZE) transactions"))
+        after = (
+            await connection.execute(text("SELECT xmin::text FROM entries WHERE id = 1"))
+        ).scalar()
+    # PostgreSQL >= 9.4 freezes by a flag and keeps the raw xmin (not FrozenTransactionId, 2).
+    assert after == before != "2"
+    run = await reconcile(client, books.platform)
+    assert run["status"] == "passed", (failing(run), run["report"]["tampering"])
+    assert verification(run)["mode"] == "incremental"
+    assert verification(run)["fresh_entries"] == 0
+
+    # And a change after freezing is still seen.
+    await tamper(app, "UPDATE entries SET balance_after = balance_after + 1 WHERE id = 5")
+    run = await reconcile(client, books.platform)
+    assert run["status"] == "failed"
+    assert set(failing(run)) == {"balance_after_chain"}
+    assert run["report"]["tampering"][0]["first_bad_block"] == 0
+
+
+@postgres_only
+async def test_a_census_from_another_database_sends_the_run_to_full(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    books = await sealed(client, app)
+    # As after a restore into another cluster: the xids in the census mean nothing here. The
+    # census is folded into the chain, so rewrite the chain along with it (as a restore that
+    # brought the seals along would have it unchanged; only the identity differs).
+    seal = await scalar(app, "SELECT id FROM ledger_seals")
+    census = await scalar(app, "SELECT census FROM ledger_seals")
+    census["identity"]["system"] = "0"
+    row = await _seal_row(app, seal)
+    forged = seals.chain(seals.GENESIS, row["digest"], row["high_water"], census)
+    await tamper(
+        app,
+        "UPDATE ledger_seals SET census = CAST(:census AS jsonb), chained_digest = :chained",
+        census=seals.canonical_census(census).decode(),
+        chained=forged,
+    )
+    run = await reconcile(client, books.platform)
+    assert run["status"] == "passed", (failing(run), run["report"]["tampering"])
+    assert verification(run) == {
+        "mode": "full",
+        "reason": "The database or its ledger tables are not those the census saw.",
+    }
+
+
+async def _seal_row(app: FastAPI, seal_id: Any) -> dict[str, Any]:
+    async with app.state.engine.connect() as connection:
+        row = (
+            await connection.execute(
+                text("SELECT digest, high_water FROM ledger_seals WHERE id = :id"),
+                {"id": seal_id},
+            )
+        ).one()
+    return {"digest": row.digest, "high_water": row.high_water}
+
+
+@postgres_only
+async def test_fresh_classification_is_circular_and_never_counts_special_xids(
+    app: FastAPI,
+) -> None:
+    """The SQL predicate itself, on xids around the 2^32 wrap (whatever the server's own
+    xid counter is: the ages of both sides are taken from the same "now")."""
+    reference = 2**32 - 10
+    cases = {
+        reference: True,
+        reference + 9: True,
+        5: True,  # written after the wrap: still after the reference
+        2**31 - 11: True,  # the last xid that still follows
+        2**31 - 10: False,  # half the circle away: precedes
+        reference - 1: False,
+        3: True,
+        2: False,  # FrozenTransactionId (pre-9.4 freezing) is never fresh
+        1: False,
+    }
+    async with app.state.engine.connect() as connection:
+        for xmin, expected in cases.items():
+            found = await connection.scalar(
+                text(
+                    f"SELECT {seals.FRESH} FROM (SELECT CAST(CAST(:xmin AS text) AS xid) AS xmin) AS r"
+                ),
+                {"xmin": str(xmin), "reference": str(reference)},
+            )
+            assert found is expected, xmin

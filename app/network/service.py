@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
 from anyio import to_thread
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, Select, String, and_, cast, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import aliased
+from sqlalchemy.sql.functions import FunctionElement
 
 from app.core.clock import utcnow
 from app.core.errors import InvalidCursor
@@ -37,6 +39,7 @@ from app.network.graph import (
     Window,
     compute_metrics,
     member_ref,
+    pair_shares,
 )
 from app.network.schemas import (
     ConnectionRead,
@@ -60,6 +63,7 @@ from app.network.schemas import (
 
 # A window may start up to a day after today (UTC) so that members ahead of UTC see "today".
 FUTURE_GRACE = timedelta(days=1)
+PROVIDER = PartyRole.provider.value
 
 
 def make_window(since: date | None, until: date | None) -> Window:
@@ -94,6 +98,30 @@ def make_filter(kinds: Sequence[str] | None, min_minutes: int) -> GraphFilter:
 # --- loading ------------------------------------------------------------------------------
 
 
+class unindexed(FunctionElement[Any]):  # noqa: N801 (used like a SQL function)
+    """The column itself, which SQLite's planner may not look up through an index.
+
+    Almost every exchange has no reversal, yet SQLite (which keeps no statistics unless told
+    to ANALYZE) reads ``reversal_transaction_id IS NULL`` on that column's unique index as a
+    lookup of one row, and starts every plan there: a member's connections then walked all
+    100,000 exchanges of the benchmark community instead of the member's own. ``+column`` is
+    SQLite's documented way to keep a term off an index; PostgreSQL plans from statistics and
+    gets the plain column."""
+
+    name = "unindexed"
+    inherit_cache = True
+
+
+@compiles(unindexed)
+def _unindexed_column(element: unindexed, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.clauses, **kw))
+
+
+@compiles(unindexed, "sqlite")
+def _unindexed_sqlite(element: unindexed, compiler: Any, **kw: Any) -> str:
+    return "+" + str(compiler.process(element.clauses, **kw))
+
+
 def counted_exchanges(community_id: uuid.UUID, window: Window) -> list[ColumnElement[bool]]:
     """Exchanges whose hours stand, in ``community_id``, with a day of service in ``window``."""
     conditions: list[ColumnElement[bool]] = [
@@ -105,7 +133,7 @@ def counted_exchanges(community_id: uuid.UUID, window: Window) -> list[ColumnEle
                 Exchange.resolution == Resolution.upheld.value,
             ),
         ),
-        Exchange.reversal_transaction_id.is_(None),
+        unindexed(Exchange.reversal_transaction_id).is_(None),
     ]
     if window.since is not None:
         conditions.append(Exchange.occurred_on >= window.since)
@@ -136,10 +164,35 @@ def _joined_on(joined_at: datetime | None, created_at: datetime) -> date:
     return (joined_at or created_at).date()
 
 
-async def _member_rows(session: AsyncSession, community_id: uuid.UUID) -> list[MemberRow]:
-    rows = await session.execute(
+def _id_text(column: Any) -> Any:
+    """A member or exchange id as text, the same on both databases within one query
+    (SQLite: 32 hex digits; PostgreSQL: the hyphenated form): a cheap dictionary key that
+    sorts as the UUID does, read without building a UUID object per row."""
+    return cast(column, String)
+
+
+def _day_reader() -> Callable[[str], date]:
+    """Days of service read as text (``YYYY-MM-DD`` on both databases), parsed once per
+    distinct day: a community has a few hundred days and a hundred thousand ties."""
+    days: dict[str, date] = {}
+
+    def day(raw: str) -> date:
+        parsed = days.get(raw)
+        if parsed is None:
+            parsed = days[raw] = date.fromisoformat(raw)
+        return parsed
+
+    return day
+
+
+async def _member_rows(
+    session: AsyncSession, community_id: uuid.UUID
+) -> tuple[list[MemberRow], dict[str, int]]:
+    """Every non-pending member in id order, and each one's position by id text."""
+    connection = await session.connection()
+    rows = await connection.execute(
         select(
-            Member.id,
+            _id_text(Member.id).label("member"),
             Member.display_name,
             Member.kind,
             Member.role,
@@ -151,35 +204,39 @@ async def _member_rows(session: AsyncSession, community_id: uuid.UUID) -> list[M
         .outerjoin(Account, Account.member_id == Member.id)
         .where(Member.community_id == community_id, Member.status != MemberStatus.pending.value)
     )
-    return [
-        MemberRow(
-            id=member_id,
-            display_name=name,
-            kind=kind,
-            role=role,
-            status=status,
-            joined_on=_joined_on(joined_at, created_at),
-            balance=balance or 0,
+    by_text = {row[0]: row for row in rows}
+    members: list[MemberRow] = []
+    position: dict[str, int] = {}
+    for text in sorted(by_text):
+        _, name, kind, role, status, joined_at, created_at, balance = by_text[text]
+        position[text] = len(members)
+        members.append(
+            MemberRow(
+                id=uuid.UUID(text),
+                display_name=name,
+                kind=kind,
+                role=role,
+                status=status,
+                joined_on=_joined_on(joined_at, created_at),
+                balance=balance or 0,
+            )
         )
-        for member_id, name, kind, role, status, joined_at, created_at, balance in rows
-    ]
+    return members, position
 
 
-async def _tie_totals(session: AsyncSession, community_id: uuid.UUID, window: Window) -> TieTotals:
-    counted = counted_exchanges(community_id, window)
-    ties = TieTotals()
+def _single_provider_pairs(counted: list[ColumnElement[bool]]) -> Select[Any]:
+    """Exchanges with one provider (its minutes are the exchange's total): every receiver's
+    minutes are that provider's, so the database sums the pairs. Nearly every exchange."""
     provider = aliased(ExchangeParty)
     receiver = aliased(ExchangeParty)
-    # One provider (its minutes are the exchange's total): every receiver's minutes are that
-    # provider's, so the database can sum the pairs. This is nearly every exchange.
-    single = await session.execute(
+    return (
         select(
-            provider.member_id,
-            receiver.member_id,
-            func.sum(receiver.minutes),
-            func.count(),
-            func.min(Exchange.occurred_on),
-            func.max(Exchange.occurred_on),
+            _id_text(provider.member_id).label("provider"),
+            _id_text(receiver.member_id).label("receiver"),
+            func.sum(receiver.minutes).label("minutes"),
+            func.count().label("exchanges"),
+            cast(func.min(Exchange.occurred_on), String).label("first"),
+            cast(func.max(Exchange.occurred_on), String).label("last"),
         )
         .join(
             provider,
@@ -196,16 +253,17 @@ async def _tie_totals(session: AsyncSession, community_id: uuid.UUID, window: Wi
         .where(*counted)
         .group_by(provider.member_id, receiver.member_id)
     )
-    for giver, taker, minutes, count, first, last in single:
-        ties.add(giver, taker, int(minutes), int(count), first, last)
 
-    # Several providers: split each receiver's minutes between them (largest remainder).
+
+def _shared_exchange_parties(counted: list[ColumnElement[bool]]) -> Select[Any]:
+    """Every party of the exchanges with several providers, grouped by exchange: (exchange id,
+    day, member id text, role, minutes)."""
     other = aliased(ExchangeParty)
-    shared = await session.execute(
+    return (
         select(
-            Exchange.id,
-            Exchange.occurred_on,
-            ExchangeParty.member_id,
+            _id_text(Exchange.id).label("exchange"),
+            cast(Exchange.occurred_on, String).label("day"),
+            _id_text(ExchangeParty.member_id).label("member"),
             ExchangeParty.role,
             ExchangeParty.minutes,
         )
@@ -220,31 +278,72 @@ async def _tie_totals(session: AsyncSession, community_id: uuid.UUID, window: Wi
         )
         .order_by(Exchange.id)
     )
-    _add_exchange_rows(ties, shared)
-    return ties
 
 
-def _add_exchange_rows(ties: TieTotals, rows: Any) -> None:
-    """Rows (exchange id, occurred_on, member id, role, minutes), grouped by exchange."""
-    current: uuid.UUID | None = None
-    occurred_on: date | None = None
-    providers: list[tuple[uuid.UUID, int]] = []
-    receivers: list[tuple[uuid.UUID, int]] = []
-    for exchange_id, day, member_id, role, minutes in rows:
+def _shared_pairs(rows: Iterable[Any]) -> Iterator[tuple[str, str, int, Any]]:
+    """(provider, receiver, minutes, day) of each pair of the exchanges in ``rows`` (see
+    ``_shared_exchange_parties``), split by ``graph.pair_shares``."""
+    current: str | None = None
+    day: Any = None
+    providers: list[tuple[str, int]] = []
+    receivers: list[tuple[str, int]] = []
+    for exchange_id, occurred_on, member_id, role, minutes in rows:
         if exchange_id != current:
-            if current is not None and occurred_on is not None:
-                ties.add_exchange(occurred_on, providers, receivers)
-            current, occurred_on, providers, receivers = exchange_id, day, [], []
-        (providers if role == PartyRole.provider.value else receivers).append((member_id, minutes))
-    if current is not None and occurred_on is not None:
-        ties.add_exchange(occurred_on, providers, receivers)
+            for giver, taker, share in pair_shares(providers, receivers):
+                yield giver, taker, share, day
+            current, day, providers, receivers = exchange_id, occurred_on, [], []
+        (providers if role == PartyRole.provider.value else receivers).append(
+            (member_id, int(minutes))
+        )
+    for giver, taker, share in pair_shares(providers, receivers):
+        yield giver, taker, share, day
+
+
+async def _tie_totals(
+    session: AsyncSession, community_id: uuid.UUID, window: Window, position: dict[str, int]
+) -> TieTotals:
+    """The community's ties between the members at ``position``, in two queries whose rows
+    arrive as plain text and numbers (Core, no ORM rows, no UUID or date object per row)."""
+    counted = counted_exchanges(community_id, window)
+    connection = await session.connection()
+    ties = TieTotals(len(position))
+    size = ties.size
+    totals = ties.ties
+    day = _day_reader()
+
+    def orphan(provider: int | None, receiver: int | None) -> None:
+        if provider is not None:
+            ties.orphans.add(provider)
+        elif receiver is not None:
+            ties.orphans.add(receiver)
+
+    # The database has already summed these per pair: each pair arrives once.
+    for giver, taker, minutes, count, first, last in await connection.execute(
+        _single_provider_pairs(counted)
+    ):
+        provider = position.get(giver)
+        receiver = position.get(taker)
+        if provider is None or receiver is None:
+            orphan(provider, receiver)
+            continue
+        totals[provider * size + receiver] = [int(minutes), int(count), day(first), day(last)]
+    shared = await connection.execute(_shared_exchange_parties(counted))
+    for giver, taker, minutes, occurred_on in _shared_pairs(shared):
+        provider = position.get(giver)
+        receiver = position.get(taker)
+        if provider is None or receiver is None:
+            orphan(provider, receiver)
+            continue
+        when = day(occurred_on)
+        ties.add(provider, receiver, minutes, 1, when, when)
+    return ties
 
 
 async def build_support_graph(
     session: AsyncSession, community_id: uuid.UUID, window: Window, version: str
 ) -> SupportGraph:
-    members = await _member_rows(session, community_id)
-    ties = await _tie_totals(session, community_id, window)
+    members, position = await _member_rows(session, community_id)
+    ties = await _tie_totals(session, community_id, window, position)
     computed_at = utcnow()
     return await to_thread.run_sync(
         lambda: SupportGraph.build(
@@ -315,7 +414,12 @@ class _Tie:
 
 async def _ties_of(
     session: AsyncSession, member: Member, window: Window, filters: GraphFilter
-) -> list[_Tie]:
+) -> tuple[list[_Tie], dict[uuid.UUID, MemberRef]]:
+    """The member's ties summed per counterpart and direction, and who each counterpart is.
+
+    One query: every party of the member's counted exchanges with the party's name, kind and
+    role (plain columns, no ORM objects), found through the index on
+    ``exchange_parties.member_id``; each exchange is split as the graph splits it."""
     involved = select(ExchangeParty.exchange_id).where(ExchangeParty.member_id == member.id)
     rows = await session.execute(
         select(
@@ -324,27 +428,63 @@ async def _ties_of(
             ExchangeParty.member_id,
             ExchangeParty.role,
             ExchangeParty.minutes,
+            Member.display_name,
+            Member.kind,
+            Member.role,
         )
         .join(ExchangeParty, ExchangeParty.exchange_id == Exchange.id)
+        .join(Member, Member.id == ExchangeParty.member_id)
         .where(*counted_exchanges(member.community_id, window), Exchange.id.in_(involved))
         .order_by(Exchange.id)
     )
-    totals = TieTotals()
-    _add_exchange_rows(totals, rows)
+    people: dict[uuid.UUID, MemberRef] = {}
+    directed: dict[tuple[uuid.UUID, bool], list[Any]] = {}
+
+    def add(exchange: list[tuple[uuid.UUID, str, int]], day: date) -> None:
+        providers = [(who, minutes) for who, role, minutes in exchange if role == PROVIDER]
+        receivers = [(who, minutes) for who, role, minutes in exchange if role != PROVIDER]
+        for giver, taker, minutes in pair_shares(providers, receivers):
+            gave = giver == member.id
+            if not gave and taker != member.id:
+                continue
+            sums = directed.get((taker if gave else giver, gave))
+            if sums is None:
+                directed[(taker if gave else giver, gave)] = [minutes, 1, day, day]
+            else:
+                sums[0] += minutes
+                sums[1] += 1
+                sums[2] = min(sums[2], day)
+                sums[3] = max(sums[3], day)
+
+    current: uuid.UUID | None = None
+    day: date | None = None
+    parties: list[tuple[uuid.UUID, str, int]] = []
+    for exchange_id, occurred_on, who, role, minutes, name, kind, member_role in rows:
+        if exchange_id != current:
+            if day is not None:
+                add(parties, day)
+            current, day, parties = exchange_id, occurred_on, []
+        parties.append((who, role, minutes))
+        if who not in people and who != member.id:
+            people[who] = MemberRef.model_validate(
+                {"member_id": who, "display_name": name, "kind": kind, "role": member_role}
+            )
+    if day is not None:
+        add(parties, day)
+
     by_counterpart: dict[uuid.UUID, _Tie] = {}
-    for (giver, taker), (minutes, count, first, last) in totals.ties.items():
-        if minutes < filters.min_minutes or member.id not in (giver, taker):
+    for (other, gave), (minutes, count, first, last) in directed.items():
+        if minutes < filters.min_minutes:
             continue
-        other = taker if giver == member.id else giver
         tie = by_counterpart.setdefault(other, _Tie(other))
-        if giver == member.id:
+        if gave:
             tie.given += minutes
             tie.given_count += count
         else:
             tie.received += minutes
             tie.received_count += count
         tie.touch(first, last)
-    return list(by_counterpart.values())
+    return list(by_counterpart.values()), people
 
 
 async def _members_by_id(session: AsyncSession, ids: set[uuid.UUID]) -> dict[uuid.UUID, Member]:
@@ -365,12 +505,12 @@ def _ref(member: Member) -> MemberRef:
     )
 
 
-def _connection(tie: _Tie, counterpart: Member) -> ConnectionRead:
+def _connection(tie: _Tie, counterpart: MemberRef) -> ConnectionRead:
     assert tie.first is not None
     assert tie.last is not None
     larger = max(tie.given, tie.received)
     return ConnectionRead(
-        member=_ref(counterpart),
+        member=counterpart,
         given_minutes=tie.given,
         received_minutes=tie.received,
         given_count=tie.given_count,
@@ -390,8 +530,7 @@ async def member_connections(
     page: PageParams,
 ) -> ConnectionsPage:
     """Everyone the member gave to or received from, strongest tie first."""
-    ties = await _ties_of(session, member, window, filters)
-    people = await _members_by_id(session, {t.counterpart for t in ties})
+    ties, people = await _ties_of(session, member, window, filters)
     if filters.kinds is not None:
         ties = [t for t in ties if people[t.counterpart].kind in filters.kinds]
     ties.sort(key=lambda t: (-t.total, str(t.counterpart)))

@@ -13,7 +13,7 @@ import random
 import statistics
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, TypeVar
@@ -124,14 +124,6 @@ class TieTotals:
         if last > tie[3]:
             tie[3] = last
 
-    def pairs(self) -> Iterator[tuple[int, int, list[Any]]]:
-        """(provider, receiver, [minutes, count, first, last]) in (provider, receiver) order."""
-        size = self.size
-        ties = self.ties
-        for key in sorted(ties):
-            provider, receiver = divmod(key, size)
-            yield provider, receiver, ties[key]
-
 
 @dataclass(frozen=True)
 class MemberRow:
@@ -190,12 +182,14 @@ class SupportGraph:
         """Nodes: active members who had joined by the window's end, and anyone with a tie.
 
         ``members`` are in id order and ``ties`` refer to them by position in that list."""
-        tied = set(ties.orphans)
         size = ties.size
-        for key in ties.ties:
-            provider, receiver = divmod(key, size)
-            tied.add(provider)
-            tied.add(receiver)
+        keys = sorted(ties.ties)  # (provider, receiver) order: see TieTotals
+        totals = [ties.ties[key] for key in keys]
+        providers = [key // size for key in keys]
+        receivers = [key % size for key in keys]
+        tied = set(ties.orphans)
+        tied.update(providers)
+        tied.update(receivers)
         until = window.until
         kept_positions = [
             i
@@ -203,20 +197,15 @@ class SupportGraph:
             if i in tied or (m.status == "active" and (until is None or m.joined_on <= until))
         ]
         kept = [members[i] for i in kept_positions]
-        renumber = {old: new for new, old in enumerate(kept_positions)}
-        sources: list[int] = []
-        targets: list[int] = []
-        minutes: list[int] = []
-        counts: list[int] = []
-        first: list[date] = []
-        last: list[date] = []
-        for provider, receiver, (tie_minutes, count, tie_first, tie_last) in ties.pairs():
-            sources.append(renumber[provider])
-            targets.append(renumber[receiver])
-            minutes.append(tie_minutes)
-            counts.append(count)
-            first.append(tie_first)
-            last.append(tie_last)
+        renumber = [-1] * len(members)
+        for new, old in enumerate(kept_positions):
+            renumber[old] = new
+        sources = [renumber[p] for p in providers]
+        targets = [renumber[r] for r in receivers]
+        minutes = [tie[0] for tie in totals]
+        counts = [tie[1] for tie in totals]
+        first = [tie[2] for tie in totals]
+        last = [tie[3] for tie in totals]
         graph = igraph.Graph(
             n=len(kept), edges=list(zip(sources, targets, strict=True)), directed=True
         )

@@ -65,8 +65,19 @@ async def transactions_balance(
 ) -> CheckResult:
     result = CheckResult(
         "transactions_balance",
-        "Every transaction has at least two entries, none zero, summing to 0.",
+        "Every transaction has at least two entries, none zero, summing to 0, and every "
+        "entry's transaction exists.",
     )
+    if session.get_bind().dialect.name == "postgresql":
+        for row in await _transaction_pass(session, community_id, fresh):
+            if not row.transaction_exists:
+                result.add(_orphan_entries_finding(row.id, int(row.entries)))
+            elif row.entries is None:
+                result.add(_no_entries_finding(row.id))
+            elif row.entries < 2 or row.total != 0 or row.zeros > 0:
+                result.add(_unbalanced_finding(row.id, row.entries, row.total, row.zeros))
+        return result
+    # The portable path (SQLite, which never verifies incrementally).
     zero = func.sum(case((Entry.amount == 0, 1), else_=0))
     grouped = (
         select(Entry.transaction_id, func.count(), func.sum(Entry.amount), zero)
@@ -77,38 +88,52 @@ async def transactions_balance(
         grouped = grouped.join(Transaction, Transaction.id == Entry.transaction_id).where(
             Transaction.community_id == community_id
         )
-    if fresh is not None:  # everything else is as the last sealing run verified it
-        grouped = grouped.where(_among(Entry.transaction_id, fresh.transaction_ids, "fresh"))
-    rows = await session.execute(grouped)
-    for transaction_id, count, total, zeros in rows:
-        result.add(
-            Finding(
-                f"Transaction {transaction_id} has {count} entries summing to {total} ({zeros} zero).",
-                {"transaction_id": str(transaction_id)},
-                expected={"entries": ">= 2", "sum": 0, "zero_entries": 0},
-                found={"entries": count, "sum": int(total), "zero_entries": int(zeros)},
-            )
-        )
+    for transaction_id, count, total, zeros in await session.execute(grouped):
+        result.add(_unbalanced_finding(transaction_id, count, total, zeros))
     orphans = await session.execute(
         select(Transaction.id)
         .where(_in_community(Transaction.community_id, community_id))
-        .where(
-            literal(True)
-            if fresh is None
-            else _among(Transaction.id, fresh.transaction_ids, "fresh")
-        )
         .where(~select(Entry.id).where(Entry.transaction_id == Transaction.id).exists())
     )
     for (transaction_id,) in orphans:
-        result.add(
-            Finding(
-                f"Transaction {transaction_id} has no entries.",
-                {"transaction_id": str(transaction_id)},
-                expected={"entries": ">= 2"},
-                found={"entries": 0},
-            )
+        result.add(_no_entries_finding(transaction_id))
+    if community_id is None:  # a scoped run cannot tell whose entries these are
+        stray = await session.execute(
+            select(Entry.transaction_id, func.count())
+            .outerjoin(Transaction, Transaction.id == Entry.transaction_id)
+            .where(Transaction.id.is_(None))
+            .group_by(Entry.transaction_id)
         )
+        for transaction_id, count in stray:
+            result.add(_orphan_entries_finding(transaction_id, count))
     return result
+
+
+def _unbalanced_finding(transaction_id: Any, count: int, total: int, zeros: int) -> Finding:
+    return Finding(
+        f"Transaction {transaction_id} has {count} entries summing to {total} ({zeros} zero).",
+        {"transaction_id": str(transaction_id)},
+        expected={"entries": ">= 2", "sum": 0, "zero_entries": 0},
+        found={"entries": count, "sum": int(total), "zero_entries": int(zeros)},
+    )
+
+
+def _no_entries_finding(transaction_id: Any) -> Finding:
+    return Finding(
+        f"Transaction {transaction_id} has no entries.",
+        {"transaction_id": str(transaction_id)},
+        expected={"entries": ">= 2"},
+        found={"entries": 0},
+    )
+
+
+def _orphan_entries_finding(transaction_id: Any, count: int) -> Finding:
+    return Finding(
+        f"{count} entries name transaction {transaction_id}, which does not exist.",
+        {"transaction_id": str(transaction_id)},
+        expected="an existing transaction",
+        found={"entries": count},
+    )
 
 
 async def community_sums(
@@ -625,44 +650,72 @@ def _hash_finding(transaction_id: Any, stored: str, recomputed: str) -> Finding:
     )
 
 
-# PostgreSQL recomputes the hashes itself (sha256() is built in since 11) and sends back only
-# the transactions whose hash differs: the same digest as transaction_content_hash, byte for
+# PostgreSQL recomputes the hashes itself (sha256() is built in since 11), in the same pass
+# over entries grouped by transaction that checks the balance, and sends back only the
+# transactions with something wrong: the same digest as transaction_content_hash, byte for
 # byte. Lines are sorted by the account id's text in byte order (COLLATE "C"), as Python's
 # str sort does; concat_ws skips the NULL line list of a transaction without entries.
 # An ordered string_agg per transaction costs one small sort per group (seconds at 500,000
 # transactions), so the usual one- and two-line transactions take their lines from plain
-# min()/max() over "account:minutes" (account ids have one length, so that orders by account);
-# only longer ones, or two lines on one account, fall back to the ordered aggregate.
-_CONTENT_HASHES_SQL = """
-SELECT id, content_hash, recomputed FROM (
-  SELECT t.id, t.content_hash,
+# min()/max() over "account:minutes" (account ids have one length, 36, so that orders by
+# account); only longer ones, or two lines on one account, fall back to the ordered aggregate.
+# The FULL JOIN also finds entries whose transaction row is gone.
+_PER_TRANSACTION_SQL = """
+SELECT id, transaction_exists, content_hash, recomputed, entries, total, zeros FROM (
+  SELECT coalesce(t.id, lines.transaction_id) AS id, t.id IS NOT NULL AS transaction_exists,
+    t.content_hash, lines.n AS entries, lines.total, lines.zeros,
     encode(sha256(convert_to(concat_ws(chr(31),
       t.id::text, t.community_id::text, t.kind, to_char(t.occurred_on, 'YYYY-MM-DD'),
       coalesce(t.reverses_id::text, ''), t.memo,
       CASE
         WHEN lines.n IS NULL THEN NULL
         WHEN lines.n = 1 THEN lines.low
-        WHEN lines.n = 2 AND lines.low_account <> lines.high_account
+        WHEN lines.n = 2 AND left(lines.low, 36) <> left(lines.high, 36)
           THEN lines.low || chr(31) || lines.high
         ELSE (SELECT string_agg(e.account_id::text || ':' || e.amount::text, chr(31)
                                 ORDER BY e.account_id::text COLLATE "C", e.id)
               FROM entries e WHERE e.transaction_id = t.id)
       END), 'UTF8')), 'hex') AS recomputed
-  FROM transactions t
-  LEFT JOIN (
-    SELECT transaction_id, count(*) AS n,
-      min((account_id::text || ':' || amount::text) COLLATE "C") AS low,
-      max((account_id::text || ':' || amount::text) COLLATE "C") AS high,
-      min(account_id::text COLLATE "C") AS low_account,
-      max(account_id::text COLLATE "C") AS high_account
-    FROM entries {entries_filter} GROUP BY transaction_id
+  FROM (SELECT * FROM transactions {transactions_filter}) AS t
+  FULL JOIN (
+    SELECT transaction_id, count(*) AS n, sum(amount) AS total,
+      count(*) FILTER (WHERE amount = 0) AS zeros, min(line) AS low, max(line) AS high
+    FROM (
+      SELECT transaction_id, amount, (account_id::text || ':' || amount::text) COLLATE "C" AS line
+      FROM entries {entries_filter}
+    ) AS e
+    GROUP BY transaction_id
   ) AS lines ON lines.transaction_id = t.id
-  WHERE (CAST(:community_id AS uuid) IS NULL OR t.community_id = CAST(:community_id AS uuid))
-  {transactions_filter}
-) AS hashed
-WHERE recomputed <> content_hash
+  {community_filter}
+) AS passed
+WHERE NOT transaction_exists OR entries IS NULL OR entries < 2 OR total <> 0 OR zeros > 0
+  OR recomputed <> content_hash
 ORDER BY id
 """
+
+
+async def _transaction_pass(
+    session: AsyncSession, community_id: uuid.UUID | None, fresh: Fresh | None
+) -> list[Any]:
+    """One pass over entries grouped by transaction for both transactions_balance and
+    content_hashes (PostgreSQL); made once per run's snapshot and shared."""
+    cached = session.info.get("transaction_pass")
+    if cached is not None and cached[0] == community_id and cached[1] is fresh:
+        return list(cached[2])
+    params: dict[str, Any] = {}
+    filters = {"transactions_filter": "", "entries_filter": "", "community_filter": ""}
+    if community_id is not None:
+        # Entries are tied to a community only through their transaction: a scoped run
+        # leaves out entries whose transaction is gone (it cannot tell whose they are).
+        filters["community_filter"] = "WHERE t.community_id = CAST(:community_id AS uuid)"
+        params["community_id"] = str(community_id)
+    if fresh is not None:  # everything else is as the last sealing run verified it
+        filters["transactions_filter"] = "WHERE id = ANY(CAST(:fresh AS uuid[]))"
+        filters["entries_filter"] = "WHERE transaction_id = ANY(CAST(:fresh AS uuid[]))"
+        params["fresh"] = [str(t) for t in fresh.transaction_ids]
+    rows = list(await session.execute(text(_PER_TRANSACTION_SQL.format(**filters)), params))
+    session.info["transaction_pass"] = (community_id, fresh, rows)
+    return rows
 
 
 async def content_hashes(
@@ -675,18 +728,9 @@ async def content_hashes(
         "Each transaction's stored content hash matches its memo, kind, date and entries.",
     )
     if session.get_bind().dialect.name == "postgresql":
-        params: dict[str, Any] = {"community_id": str(community_id) if community_id else None}
-        if fresh is None:
-            statement = _CONTENT_HASHES_SQL.format(entries_filter="", transactions_filter="")
-        else:  # only transactions that can differ from what the last sealing run verified
-            statement = _CONTENT_HASHES_SQL.format(
-                entries_filter="WHERE transaction_id = ANY(CAST(:fresh AS uuid[]))",
-                transactions_filter="AND t.id = ANY(CAST(:fresh AS uuid[]))",
-            )
-            params["fresh"] = [str(t) for t in fresh.transaction_ids]
-        rows = await session.execute(text(statement), params)
-        for transaction_id, stored, recomputed in rows:
-            result.add(_hash_finding(transaction_id, stored, recomputed))
+        for row in await _transaction_pass(session, community_id, fresh):
+            if row.transaction_exists and row.recomputed != row.content_hash:
+                result.add(_hash_finding(row.id, row.content_hash, row.recomputed))
         return result
     return await content_hashes_in_python(session, community_id, result)
 

@@ -322,14 +322,47 @@ async def _identity(session: AsyncSession) -> dict[str, str]:
     }
 
 
+# Transactions of this database that hold an xid (they may write), prepared ones included.
+_WRITERS_HERE = text(
+    "SELECT backend_xid::text::bigint FROM pg_stat_activity "
+    "WHERE datname = current_database() AND backend_xid IS NOT NULL "
+    "UNION ALL SELECT transaction::text::bigint FROM pg_prepared_xacts "
+    "WHERE database = current_database()"
+)
+
+
+async def census_reference(connection: AsyncConnection) -> int | None:
+    """The census reference P (a 64-bit xid), read just *before* the run's snapshot is taken.
+
+    Every row version the snapshot will not see, and that can later appear in this database,
+    must have xid >= P: it belongs either to a transaction of this database that holds an xid
+    now (so P is at most the least of those) or to one that gets its xid later (at or above
+    the current snapshot's xmax, the latest completed xid + 1, so P is at most that). The
+    snapshot's own xmin would do too, but it is cluster-wide: a long transaction in another
+    database would make every recent row look fresh.
+    """
+    if connection.dialect.name != "postgresql":
+        return None
+    oldest, next_xid = (int(x) for x in (await connection.execute(_SNAPSHOT_XIDS)).one())
+    if not await connection.scalar(text("SELECT pg_has_role('pg_read_all_stats', 'USAGE')")):
+        # Other roles' xids are hidden from us in pg_stat_activity: take the cluster-wide one.
+        await connection.commit()
+        return oldest
+    writers = [int(x) for x in (await connection.execute(_WRITERS_HERE)).scalars()]
+    await connection.commit()
+    # Those xids are running, so within 2^31 of next_xid (some may be above it: assigned but
+    # not completed, or assigned since; they change nothing): widen each to 64 bits from it.
+    return min([next_xid, *(next_xid + ((x - next_xid + 2**31) % 2**32) - 2**31 for x in writers)])
+
+
 async def take_census(
-    session: AsyncSession, span: SealSpan, full_verified_at: datetime | None
+    session: AsyncSession, span: SealSpan, reference: int, full_verified_at: datetime | None
 ) -> dict[str, Any] | None:
     """What this run's snapshot holds, by row version, for the seal it is about to make:
-    rows older than the snapshot's xmin are counted, the few fresher ones listed by id."""
+    rows older than ``reference`` (census_reference) are counted, the few fresher ones listed
+    by id."""
     if session.get_bind().dialect.name != "postgresql":
         return None
-    reference = int((await session.execute(_SNAPSHOT_XIDS)).one()[0])
     census: dict[str, Any] = {
         "reference": reference,
         "identity": await _identity(session),

@@ -85,8 +85,11 @@ async def read_snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
         ):
             if postgresql:
                 # The checks sort and hash the whole ledger: let them do it in memory rather
-                # than in temporary files (this transaction only; one run at a time).
+                # than in temporary files (this transaction only; one run at a time). JIT
+                # compiling their text-building expressions costs more than it saves (about
+                # 0.7 s of 3.9 s on the 1,000,000-entry content-hash pass).
                 await session.execute(text(f"SET LOCAL work_mem = '{SNAPSHOT_WORK_MEM}'"))
+                await session.execute(text("SET LOCAL jit = off"))
             yield session
 
 
@@ -154,6 +157,7 @@ async def _run_checks(
 ) -> dict[str, Any]:
     async with engine.connect() as connection:
         high_water, settled = await seals.settled_high_water(connection)
+        reference = await seals.census_reference(connection)
     steps = len(CHECKS) + 2
     results: list[CheckResult] = []
     async with read_snapshot(engine) as snapshot:
@@ -182,9 +186,13 @@ async def _run_checks(
         low = last_seal.high_water if last_seal else 0
         if passed and seal_requested and community_id is None and settled and high_water > low:
             span = await seals.digest_span(snapshot, low, high_water)
-            census = await seals.take_census(
-                snapshot, span, plan.full_verified_at if plan.mode == "incremental" else None
-            )
+            if reference is not None:
+                census = await seals.take_census(
+                    snapshot,
+                    span,
+                    reference,
+                    plan.full_verified_at if plan.mode == "incremental" else None,
+                )
 
     seal_report: dict[str, Any] | None = None
     note = None

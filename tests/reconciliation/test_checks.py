@@ -128,6 +128,25 @@ async def test_an_unbalanced_transaction_is_named(client: AsyncClient, app: Fast
     assert run["report"]["seal"] is None
 
 
+async def test_entries_whose_transaction_is_gone_are_named(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    books = await clean(client, app)
+    gone = books.transfers[2]
+    await tamper(app, "DELETE FROM transactions WHERE id = :id", id=db_id(app, gone))
+
+    run = await reconcile(client, books.platform)
+    found = failing(run)
+    # The idempotency record of the posting names it too.
+    assert set(found) == {"transactions_balance", "idempotency_records"}
+    [finding] = found["transactions_balance"]
+    assert finding["rows"] == {"transaction_id": gone}
+    assert finding["found"] == {"entries": 2}
+    assert "does not exist" in finding["message"]
+    # The sealed entries no longer join to their transaction: their block changed.
+    assert run["report"]["tampering"][0]["first_bad_block"] == 0
+
+
 async def test_a_broken_balance_after_chain_is_named(client: AsyncClient, app: FastAPI) -> None:
     books = await clean(client, app)
     a = books.members[0]

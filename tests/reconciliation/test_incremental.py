@@ -11,6 +11,7 @@ import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.reconciliation import seals
 from tests.ledger.helpers import post
@@ -300,3 +301,54 @@ async def test_fresh_classification_is_circular_and_never_counts_special_xids(
                 {"xmin": str(xmin), "reference": str(reference)},
             )
             assert found is expected, xmin
+
+
+async def _commit_an_xid(app: FastAPI) -> None:
+    """Complete a transaction, so the snapshot's xmax moves past every xid taken so far."""
+    async with app.state.engine.begin() as connection:
+        await connection.execute(text("SELECT pg_current_xact_id()"))
+
+
+@postgres_only
+async def test_the_census_reference_waits_for_writers_of_this_database_only(
+    app: FastAPI, database_url: str
+) -> None:
+    other = create_async_engine(database_url.rsplit("/", 1)[0] + "/postgres")
+    try:
+        async with app.state.engine.connect() as here, other.connect() as elsewhere:
+            # A transaction elsewhere on the server holds an xid: no concern of ours.
+            far = int(await elsewhere.scalar(text("SELECT pg_current_xact_id()::text::bigint")))
+            await _commit_an_xid(app)
+            async with app.state.engine.connect() as probe:
+                assert (await seals.census_reference(probe) or 0) > far
+            # A transaction of this database that holds an xid may still write anything.
+            near = int(await here.scalar(text("SELECT pg_current_xact_id()::text::bigint")))
+            await _commit_an_xid(app)
+            async with app.state.engine.connect() as probe:
+                assert await seals.census_reference(probe) == near
+    finally:
+        await other.dispose()
+
+
+@postgres_only
+async def test_a_rewrite_in_flight_while_a_run_seals_is_caught_by_the_next_run(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    books = await sealed(client, app)
+    a, b = books.members[0], books.members[1]
+    async with app.state.engine.connect() as forger:
+        await forger.execute(text("SET LOCAL session_replication_role = replica"))
+        await forger.execute(
+            text("UPDATE transactions SET memo = 'rewritten' WHERE id = :id"),
+            {"id": books.transfers[0]},
+        )
+        # A run seals new postings while the rewrite is uncommitted (invisible to it).
+        await post(client, books.id, books.admin, [(a.account_id, 5), (b.account_id, -5)])
+        during = await reconcile(client, books.platform)
+        assert during["status"] == "passed", failing(during)
+        assert during["report"]["seal"] is not None
+        await forger.commit()
+    after = await reconcile(client, books.platform)
+    assert after["status"] == "failed"
+    assert verification(after)["mode"] == "full"
+    assert failing(after)["content_hashes"][0]["rows"] == {"transaction_id": books.transfers[0]}

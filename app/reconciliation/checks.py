@@ -14,10 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    Uuid,
     and_,
-    any_,
-    bindparam,
     case,
     func,
     literal,
@@ -25,7 +22,6 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import (
@@ -51,13 +47,6 @@ POSTED_EXCHANGE_STATUSES = (
 
 def _in_community(column: Any, community_id: uuid.UUID | None) -> ColumnElement[bool]:
     return literal(True) if community_id is None else column == community_id
-
-
-def _among(column: Any, ids: list[uuid.UUID], name: str) -> ColumnElement[bool]:
-    """``column = ANY(:ids)``: one array parameter however many ids (PostgreSQL only, which is
-    the only backend that verifies incrementally)."""
-    condition: ColumnElement[bool] = column == any_(bindparam(name, ids, type_=ARRAY(Uuid())))
-    return condition
 
 
 async def transactions_balance(
@@ -264,54 +253,83 @@ async def balance_chains(
         "balance_after_chain",
         "Each account's entries run versions 1..n and each balance_after is the previous plus its amount.",
     )
-    chained = (
-        select(
-            Entry.id.label("entry_id"),
-            Entry.account_id.label("account_id"),
-            Entry.account_version.label("version"),
-            Entry.amount.label("amount"),
-            Entry.balance_after.label("balance_after"),
-            func.coalesce(
-                func.lag(Entry.balance_after).over(
-                    partition_by=Entry.account_id, order_by=Entry.account_version
-                ),
-                0,
-            ).label("previous"),
-            func.row_number()
-            .over(partition_by=Entry.account_id, order_by=Entry.account_version)
-            .label("position"),
+    if fresh is not None:
+        rows = await session.execute(
+            text(_FRESH_CHAINS_SQL), {"fresh": [int(i) for i in fresh.entry_ids]}
         )
-        .where(
-            literal(True)
-            if community_id is None
-            else Entry.account_id.in_(
-                select(Account.id).where(Account.community_id == community_id)
+    else:
+        chained = (
+            select(
+                Entry.id.label("entry_id"),
+                Entry.account_id.label("account_id"),
+                Entry.account_version.label("version"),
+                Entry.amount.label("amount"),
+                Entry.balance_after.label("balance_after"),
+                func.coalesce(
+                    func.lag(Entry.balance_after).over(
+                        partition_by=Entry.account_id, order_by=Entry.account_version
+                    ),
+                    0,
+                ).label("previous"),
+                func.row_number()
+                .over(partition_by=Entry.account_id, order_by=Entry.account_version)
+                .label("position"),
+            )
+            .where(
+                literal(True)
+                if community_id is None
+                else Entry.account_id.in_(
+                    select(Account.id).where(Account.community_id == community_id)
+                )
+            )
+            .subquery()
+        )
+        rows = await session.execute(
+            select(chained).where(
+                or_(
+                    chained.c.balance_after != chained.c.previous + chained.c.amount,
+                    chained.c.version != chained.c.position,
+                )
             )
         )
-        # An account none of whose entries is fresh has the chain the last sealing run checked.
-        .where(
-            literal(True) if fresh is None else _among(Entry.account_id, fresh.account_ids, "fresh")
-        )
-        .subquery()
-    )
-    rows = await session.execute(
-        select(chained).where(
-            or_(
-                chained.c.balance_after != chained.c.previous + chained.c.amount,
-                chained.c.version != chained.c.position,
-            )
-        )
-    )
     for row in rows:
+        expected_balance = None if row.previous is None else row.previous + row.amount
         result.add(
             Finding(
                 f"Entry {row.entry_id} breaks account {row.account_id}'s chain at version {row.version}.",
                 {"entry_id": row.entry_id, "account_id": str(row.account_id)},
-                expected={"version": row.position, "balance_after": row.previous + row.amount},
+                expected={"version": row.position, "balance_after": expected_balance},
                 found={"version": row.version, "balance_after": row.balance_after},
             )
         )
     return result
+
+
+# Incremental (PostgreSQL): every entry the last sealing run saw is unchanged and its chain
+# was right, so only the chains from each account's lowest fresh version on can differ. Fresh
+# entries need not all sit above the old ones (a posting with an older xid can commit after
+# one with a newer xid on the same account), so the whole tail from there is checked, hanging
+# from the entry just before it (index lookups on account_id, account_version).
+_FRESH_CHAINS_SQL = """
+WITH lows AS (
+  SELECT account_id, min(account_version) AS low FROM entries
+  WHERE id = ANY(CAST(:fresh AS bigint[])) GROUP BY account_id
+), chained AS (
+  SELECT e.id AS entry_id, e.account_id, e.account_version AS version, e.amount,
+    e.balance_after,
+    coalesce(lag(e.balance_after) OVER w,
+             CASE WHEN lows.low = 1 THEN 0 ELSE before.balance_after END) AS previous,
+    lows.low - 1 + row_number() OVER w AS position
+  FROM lows
+  JOIN entries e ON e.account_id = lows.account_id AND e.account_version >= lows.low
+  LEFT JOIN entries before
+    ON before.account_id = lows.account_id AND before.account_version = lows.low - 1
+  WINDOW w AS (PARTITION BY e.account_id ORDER BY e.account_version, e.id)
+)
+SELECT * FROM chained
+WHERE balance_after IS DISTINCT FROM previous + amount OR version <> position
+ORDER BY account_id, version, entry_id
+"""
 
 
 async def limits_respected(

@@ -389,8 +389,6 @@ class Fresh:
     entry_ids: list[int]
     # Transactions whose row is fresh or that have a fresh entry.
     transaction_ids: list[uuid.UUID]
-    # Accounts with a fresh entry.
-    account_ids: list[uuid.UUID]
     # Entries to re-digest where sealed: the fresh ones and those of fresh transactions.
     entry_ids_to_rehash: list[int]
 
@@ -467,7 +465,6 @@ async def plan_verification(
             fresh=Fresh(
                 entry_ids=sorted(e.id for e in entries),
                 transaction_ids=transaction_ids,
-                account_ids=sorted({e.account_id for e in entries}),
                 entry_ids_to_rehash=sorted({e.id for e in entries} | set(of_fresh)),
             ),
             full_verified_at=full_verified_at,

@@ -4,15 +4,19 @@ verification is there on request and on a schedule (docs/seals.md)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import uuid
+from datetime import date, timedelta
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
+from app.ledger.posting import Poster, PostingRequest, post_transactions
+from app.models import Community
+from app.models.ledger import TransactionKind
 from app.reconciliation import seals
 from tests.ledger.helpers import post
 from tests.reconciliation.helpers import (
@@ -352,3 +356,61 @@ async def test_a_rewrite_in_flight_while_a_run_seals_is_caught_by_the_next_run(
     assert after["status"] == "failed"
     assert verification(after)["mode"] == "full"
     assert failing(after)["content_hashes"][0]["rows"] == {"transaction_id": books.transfers[0]}
+
+
+@postgres_only
+async def test_an_older_posting_committed_after_a_newer_one_raises_no_alarm(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """A posting can hold an older xid than one that committed before it on the same account:
+    its entry is then 'old' (not fresh) although its version is above a fresh one."""
+    books = await sealed(client, app)
+    a, b = books.members[0], books.members[1]
+    async with app.state.engine.connect() as older, app.state.engine.connect() as holder:
+        await older.execute(text("SELECT pg_current_xact_id()"))
+        # A writer that stays open through the next run keeps the census reference below the
+        # newer posting's xid, and above the older one's.
+        await holder.execute(text("SELECT pg_current_xact_id()"))
+        await post(client, books.id, books.admin, [(a.account_id, 5), (b.account_id, -5)])
+        async with AsyncSession(bind=older) as session:
+            community = await session.get(Community, uuid.UUID(books.id))
+            assert community is not None
+            request = PostingRequest(
+                kind=TransactionKind.transfer,
+                lines=((uuid.UUID(a.account_id), 7), (uuid.UUID(b.account_id), -7)),
+                occurred_on=date.today(),
+            )
+            await post_transactions(session, community, [request], poster=Poster(), atomic=True)
+        await older.commit()  # the session joined the connection's transaction
+        sealing = await reconcile(client, books.platform)
+        assert sealing["status"] == "passed", failing(sealing)
+        assert sealing["report"]["seal"] is not None, sealing["report"]["seal_note"]
+    after = await reconcile(client, books.platform)
+    assert after["status"] == "passed", (failing(after), after["report"]["tampering"])
+    assert verification(after)["mode"] == "incremental"
+    assert verification(after)["fresh_entries"] == 2  # the newer posting's
+
+
+@postgres_only
+async def test_a_fresh_entry_that_breaks_a_chain_is_named_incrementally(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    books = await sealed(client, app)
+    a, b = books.members[0], books.members[1]
+    forged = await insert_transaction(
+        app, books.id, "transfer", [(a.account_id, 4), (b.account_id, -4)]
+    )
+    await tamper(
+        app,
+        "UPDATE entries SET balance_after = balance_after + 3 WHERE transaction_id = :id "
+        "AND account_id = :a",
+        id=db_id(app, forged),
+        a=db_id(app, a.account_id),
+    )
+    run = await reconcile(client, books.platform)
+    assert verification(run)["mode"] == "incremental"
+    found = failing(run)
+    assert set(found) == {"balance_after_chain"}
+    [broken] = found["balance_after_chain"]
+    assert broken["rows"]["account_id"] == a.account_id
+    assert broken["found"]["balance_after"] == broken["expected"]["balance_after"] + 3

@@ -254,8 +254,10 @@ async def balance_chains(
         "Each account's entries run versions 1..n and each balance_after is the previous plus its amount.",
     )
     if fresh is not None:
+        starts = sorted(fresh.chain_starts.items())
         rows = await session.execute(
-            text(_FRESH_CHAINS_SQL), {"fresh": [int(i) for i in fresh.entry_ids]}
+            text(_FRESH_CHAINS_SQL),
+            {"accounts": [str(a) for a, _ in starts], "lows": [low for _, low in starts]},
         )
     else:
         chained = (
@@ -311,22 +313,25 @@ async def balance_chains(
 # one with a newer xid on the same account), so the whole tail from there is checked, hanging
 # from the entry just before it (index lookups on account_id, account_version).
 _FRESH_CHAINS_SQL = """
-WITH lows AS (
-  SELECT account_id, min(account_version) AS low FROM entries
-  WHERE id = ANY(CAST(:fresh AS bigint[])) GROUP BY account_id
-), chained AS (
-  SELECT e.id AS entry_id, e.account_id, e.account_version AS version, e.amount,
-    e.balance_after,
-    coalesce(lag(e.balance_after) OVER w,
-             CASE WHEN lows.low = 1 THEN 0 ELSE before.balance_after END) AS previous,
-    lows.low - 1 + row_number() OVER w AS position
-  FROM lows
-  JOIN entries e ON e.account_id = lows.account_id AND e.account_version >= lows.low
-  LEFT JOIN entries before
-    ON before.account_id = lows.account_id AND before.account_version = lows.low - 1
-  WINDOW w AS (PARTITION BY e.account_id ORDER BY e.account_version, e.id)
-)
-SELECT * FROM chained
+SELECT * FROM (
+SELECT e.id AS entry_id, starts.account_id, e.account_version AS version, e.amount,
+  e.balance_after,
+  coalesce(lag(e.balance_after) OVER w,
+           CASE WHEN starts.low = 1 THEN 0 ELSE before.balance_after END) AS previous,
+  starts.low - 1 + row_number() OVER w AS position
+FROM unnest(CAST(:accounts AS uuid[]), CAST(:lows AS bigint[])) AS starts(account_id, low)
+CROSS JOIN LATERAL (
+  SELECT id, account_version, amount, balance_after FROM entries
+  WHERE account_id = starts.account_id AND account_version >= starts.low
+  OFFSET 0  -- keeps the subquery (and its index range scan) per account
+) AS e
+LEFT JOIN LATERAL (
+  SELECT balance_after FROM entries
+  WHERE account_id = starts.account_id AND account_version = starts.low - 1
+  LIMIT 1
+) AS before ON true
+WINDOW w AS (PARTITION BY starts.account_id ORDER BY e.account_version, e.id)
+) AS chained
 WHERE balance_after IS DISTINCT FROM previous + amount OR version <> position
 ORDER BY account_id, version, entry_id
 """
@@ -700,7 +705,7 @@ SELECT id, transaction_exists, content_hash, recomputed, entries, total, zeros F
       count(*) FILTER (WHERE amount = 0) AS zeros, min(line) AS low, max(line) AS high
     FROM (
       SELECT transaction_id, amount, (account_id::text || ':' || amount::text) COLLATE "C" AS line
-      FROM entries {entries_filter}
+      FROM {entries}
     ) AS e
     GROUP BY transaction_id
   ) AS lines ON lines.transaction_id = t.id
@@ -721,7 +726,7 @@ async def _transaction_pass(
     if cached is not None and cached[0] == community_id and cached[1] is fresh:
         return list(cached[2])
     params: dict[str, Any] = {}
-    filters = {"transactions_filter": "", "entries_filter": "", "community_filter": ""}
+    filters = {"transactions_filter": "", "entries": "entries", "community_filter": ""}
     if community_id is not None:
         # Entries are tied to a community only through their transaction: a scoped run
         # leaves out entries whose transaction is gone (it cannot tell whose they are).
@@ -729,7 +734,11 @@ async def _transaction_pass(
         params["community_id"] = str(community_id)
     if fresh is not None:  # everything else is as the last sealing run verified it
         filters["transactions_filter"] = "WHERE id = ANY(CAST(:fresh AS uuid[]))"
-        filters["entries_filter"] = "WHERE transaction_id = ANY(CAST(:fresh AS uuid[]))"
+        # Entry by entry through the transaction_id index (a filter would scan them all).
+        filters["entries"] = (
+            "unnest(CAST(:fresh AS uuid[])) AS fresh(id) CROSS JOIN LATERAL "
+            "(SELECT * FROM entries WHERE transaction_id = fresh.id OFFSET 0) AS entries"
+        )
         params["fresh"] = [str(t) for t in fresh.transaction_ids]
     rows = list(await session.execute(text(_PER_TRANSACTION_SQL.format(**filters)), params))
     session.info["transaction_pass"] = (community_id, fresh, rows)

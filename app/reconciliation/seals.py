@@ -281,9 +281,16 @@ FRESH_LIMIT = 100_000
 FULL_VERIFICATION_EVERY = timedelta(days=7)
 
 
-# Rows are aliased "r" in every statement that classifies them.
-_DISTANCE = "(age(CAST(CAST(:reference AS text) AS xid))::bigint - age(r.xmin)::bigint)"
-FRESH = f"({_DISTANCE} BETWEEN 0 AND 2147483647 OR {_DISTANCE} < -2147483648)"
+def _fresh_after(parameter: str) -> str:
+    """The predicate 'row r is fresh relative to the xid in :parameter' (rows are aliased r)."""
+    distance = f"(age(CAST(CAST(:{parameter} AS text) AS xid))::bigint - age(r.xmin)::bigint)"
+    return f"({distance} BETWEEN 0 AND 2147483647 OR {distance} < -2147483648)"
+
+
+FRESH = _fresh_after("reference")
+# Relative to this run's own reference too, for the census of the seal it may make: one scan
+# serves both (rows fresh to either are few).
+_FRESH_NOW = _fresh_after("reference_now")
 
 
 _SNAPSHOT_XIDS = text(
@@ -302,15 +309,19 @@ _IDENTITY = text(
 # less than counting the others with the predicate.
 _TOTALS = text("SELECT (SELECT count(*) FROM entries), (SELECT count(*) FROM transactions)")
 _FRESH_ROWS = {
-    "entries": text(
-        f"SELECT r.id, r.transaction_id, r.account_id FROM entries r WHERE {FRESH} "  # noqa: S608
-        "LIMIT :limit"
-    ),
-    "transactions": text(
-        f"SELECT r.id FROM transactions r WHERE {FRESH} LIMIT :limit"  # noqa: S608
-    ),
+    table: text(
+        f"SELECT r.id, {columns}{FRESH} AS fresh, {_FRESH_NOW} AS fresh_now "  # noqa: S608
+        f"FROM {table} r WHERE {FRESH} OR {_FRESH_NOW} LIMIT :limit"
+    )
+    for table, columns in (
+        ("entries", "r.transaction_id, r.account_id, r.account_version, "),
+        ("transactions", ""),
+    )
 }
-_ENTRIES_OF = text("SELECT id FROM entries WHERE transaction_id = ANY(CAST(:ids AS uuid[]))")
+_ENTRIES_OF = text(
+    "SELECT e.id FROM unnest(CAST(:ids AS uuid[])) AS t(id) CROSS JOIN LATERAL "
+    "(SELECT id FROM entries WHERE transaction_id = t.id OFFSET 0) AS e"
+)
 
 
 async def _identity(session: AsyncSession) -> dict[str, str]:
@@ -357,29 +368,63 @@ async def census_reference(connection: AsyncConnection) -> int | None:
 
 
 async def take_census(
-    session: AsyncSession, span: SealSpan, reference: int, full_verified_at: datetime | None
+    session: AsyncSession,
+    span: SealSpan,
+    reference: int,
+    full_verified_at: datetime | None,
+    seed: CensusSeed | None = None,
 ) -> dict[str, Any] | None:
     """What this run's snapshot holds, by row version, for the seal it is about to make:
     rows older than ``reference`` (census_reference) are counted, the few fresher ones listed
-    by id."""
+    by id. An incremental run has counted and classified them already (``seed``)."""
     if session.get_bind().dialect.name != "postgresql":
         return None
+    if seed is None:
+        seed = await _census_seed(session, reference, reference, CENSUS_LIST_LIMIT + 1)
     census: dict[str, Any] = {
         "reference": reference,
         "identity": await _identity(session),
         "block_starts": span.first_entry_of_block,
         "full_verified_at": (full_verified_at or utcnow()).isoformat(),
     }
-    params = {"reference": str(reference % 2**32), "limit": CENSUS_LIST_LIMIT + 1}
-    totals = dict(
-        zip(("entries", "transactions"), (await session.execute(_TOTALS)).one(), strict=True)
-    )
-    for table, statement in _FRESH_ROWS.items():
-        fresh = [str(row[0]) for row in await session.execute(statement, params)]
+    for table in ("entries", "transactions"):
+        fresh = seed.fresh_now[table]
         if len(fresh) > CENSUS_LIST_LIMIT:
             return None
-        census[table] = {"before": int(totals[table]) - len(fresh), "fresh": sorted(fresh)}
+        census[table] = {"before": seed.totals[table] - len(fresh), "fresh": sorted(fresh)}
     return census
+
+
+@dataclass
+class CensusSeed:
+    """Every row counted, and the rows fresh to either reference fetched, in one snapshot."""
+
+    totals: dict[str, int]
+    entries: list[Any]  # id, transaction_id, account_id, account_version, fresh, fresh_now
+    transactions: list[Any]  # id, fresh, fresh_now
+
+    @property
+    def fresh_now(self) -> dict[str, list[str]]:
+        return {
+            "entries": [str(r.id) for r in self.entries if r.fresh_now],
+            "transactions": [str(r.id) for r in self.transactions if r.fresh_now],
+        }
+
+
+async def _census_seed(
+    session: AsyncSession, reference: int, reference_now: int, limit: int
+) -> CensusSeed:
+    params = {
+        "reference": str(reference % 2**32),
+        "reference_now": str(reference_now % 2**32),
+        "limit": limit,
+    }
+    totals = (await session.execute(_TOTALS)).one()
+    return CensusSeed(
+        totals={"entries": int(totals[0]), "transactions": int(totals[1])},
+        entries=list((await session.execute(_FRESH_ROWS["entries"], params)).all()),
+        transactions=list((await session.execute(_FRESH_ROWS["transactions"], params)).all()),
+    )
 
 
 @dataclass
@@ -391,6 +436,8 @@ class Fresh:
     transaction_ids: list[uuid.UUID]
     # Entries to re-digest where sealed: the fresh ones and those of fresh transactions.
     entry_ids_to_rehash: list[int]
+    # Each account with a fresh entry, and the lowest version among its fresh entries.
+    chain_starts: dict[uuid.UUID, int]
 
 
 @dataclass
@@ -403,6 +450,8 @@ class Plan:
     census_break: TamperReport | None = None
     # The last full verification, carried into the next seal's census.
     full_verified_at: datetime | None = None
+    # What the census of this run's seal needs, when this run has counted it already.
+    census_seed: CensusSeed | None = None
 
     def as_dict(self) -> dict[str, Any]:
         report: dict[str, Any] = {"mode": self.mode, "reason": self.reason}
@@ -412,8 +461,20 @@ class Plan:
         return report
 
 
+def _chain_starts(entries: list[Any]) -> dict[uuid.UUID, int]:
+    starts: dict[uuid.UUID, int] = {}
+    for entry in entries:
+        starts[entry.account_id] = min(
+            entry.account_version, starts.get(entry.account_id, entry.account_version)
+        )
+    return starts
+
+
 async def plan_verification(
-    session: AsyncSession, last_seal: LedgerSeal | None, full_requested: bool
+    session: AsyncSession,
+    last_seal: LedgerSeal | None,
+    full_requested: bool,
+    reference_now: int | None = None,
 ) -> Plan:
     """Decide, inside the run's snapshot, whether a whole-ledger run may verify incrementally."""
     if session.get_bind().dialect.name != "postgresql":
@@ -434,14 +495,17 @@ async def plan_verification(
     horizon = int((await session.execute(_SNAPSHOT_XIDS)).one()[1])
     if not 0 <= horizon - reference < MAX_XID_DISTANCE:
         return Plan("full", "Too many transactions since the last seal to compare row versions.")
-    params = {"reference": str(reference % 2**32), "limit": FRESH_LIMIT + 1}
-    entries = (await session.execute(_FRESH_ROWS["entries"], params)).all()
-    fresh_rows = set((await session.execute(_FRESH_ROWS["transactions"], params)).scalars())
-    if len(entries) > FRESH_LIMIT or len(fresh_rows) > FRESH_LIMIT:
-        return Plan("full", "Too many rows written since the last seal to be worth comparing.")
-    totals = dict(
-        zip(("entries", "transactions"), (await session.execute(_TOTALS)).one(), strict=True)
+    seed = await _census_seed(
+        session,
+        reference,
+        reference if reference_now is None else reference_now,
+        FRESH_LIMIT + 1,
     )
+    entries = [row for row in seed.entries if row.fresh]
+    fresh_rows = {row.id for row in seed.transactions if row.fresh}
+    if len(seed.entries) > FRESH_LIMIT or len(seed.transactions) > FRESH_LIMIT:
+        return Plan("full", "Too many rows written since the last seal to be worth comparing.")
+    totals = seed.totals
     fresh_ids = {
         "entries": {str(e.id) for e in entries},
         "transactions": {str(t) for t in fresh_rows},
@@ -466,8 +530,10 @@ async def plan_verification(
                 entry_ids=sorted(e.id for e in entries),
                 transaction_ids=transaction_ids,
                 entry_ids_to_rehash=sorted({e.id for e in entries} | set(of_fresh)),
+                chain_starts=_chain_starts(entries),
             ),
             full_verified_at=full_verified_at,
+            census_seed=seed if reference_now is not None else None,
         )
     return Plan(
         "full",

@@ -165,7 +165,7 @@ async def _run_checks(
             latest = await snapshot.scalar(
                 select(LedgerSeal).order_by(LedgerSeal.high_water.desc()).limit(1)
             )
-            plan = await seals.plan_verification(snapshot, latest, full_requested)
+            plan = await seals.plan_verification(snapshot, latest, full_requested, reference)
         else:
             plan = seals.Plan("full", "A run for one community checks all of its rows.")
         for index, check in enumerate(CHECKS, start=1):
@@ -192,6 +192,7 @@ async def _run_checks(
                     span,
                     reference,
                     plan.full_verified_at if plan.mode == "incremental" else None,
+                    plan.census_seed,
                 )
 
     seal_report: dict[str, Any] | None = None

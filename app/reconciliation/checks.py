@@ -13,14 +13,18 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     and_,
     case,
+    cast,
     func,
     literal,
+    null,
     or_,
     select,
     text,
+    union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -129,44 +133,40 @@ async def community_sums(
     session: AsyncSession, community_id: uuid.UUID | None, fresh: Fresh | None = None
 ) -> CheckResult:
     result = CheckResult("balances_sum_to_zero", "Within each community, all balances sum to 0.")
-    cached = await session.execute(
-        select(Account.community_id, func.sum(Account.balance))
-        .where(_in_community(Account.community_id, community_id))
-        .group_by(Account.community_id)
-        .having(func.sum(Account.balance) != 0)
-    )
-    for community, total in cached:
-        result.add(
-            Finding(
-                f"Cached balances of community {community} sum to {total}.",
-                {"community_id": str(community)},
-                expected=0,
-                found=int(total),
+    for row in await _account_pass(session, community_id):
+        if row.kind != "community":
+            continue
+        if row.balance != 0:
+            result.add(
+                Finding(
+                    f"Cached balances of community {row.id} sum to {row.balance}.",
+                    {"community_id": str(row.id)},
+                    expected=0,
+                    found=int(row.balance),
+                )
             )
-        )
-    posted = await session.execute(
-        select(Account.community_id, func.sum(Entry.amount))
-        .join(Account, Account.id == Entry.account_id)
-        .where(_in_community(Account.community_id, community_id))
-        .group_by(Account.community_id)
-        .having(func.sum(Entry.amount) != 0)
-    )
-    for community, total in posted:
-        result.add(
-            Finding(
-                f"Entries of community {community} sum to {total}.",
-                {"community_id": str(community)},
-                expected=0,
-                found=int(total),
+        if row.e_total != 0:
+            result.add(
+                Finding(
+                    f"Entries of community {row.id} sum to {row.e_total}.",
+                    {"community_id": str(row.id)},
+                    expected=0,
+                    found=int(row.e_total),
+                )
             )
-        )
     return result
 
 
-def _entry_totals() -> Any:
+async def _account_pass(session: AsyncSession, community_id: uuid.UUID | None) -> list[Any]:
+    """One pass over entries grouped by account for both cached_totals (the accounts whose
+    cached figures differ) and community_sums (communities whose cached balances or entries
+    do not sum to zero); made once per run's snapshot and shared."""
+    cached = session.info.get("account_pass")
+    if cached is not None and cached[0] == community_id:
+        return list(cached[1])
     earned = func.sum(case((Entry.amount > 0, Entry.amount), else_=0))
     spent = func.sum(case((Entry.amount < 0, -Entry.amount), else_=0))
-    return (
+    sums = (
         select(
             Entry.account_id.label("account_id"),
             func.sum(Entry.amount).label("total"),
@@ -177,6 +177,63 @@ def _entry_totals() -> Any:
         .group_by(Entry.account_id)
         .subquery()
     )
+    joined = (
+        select(
+            Account.id.label("account_id"),
+            Account.community_id.label("community_id"),
+            Account.balance.label("balance"),
+            Account.version.label("version"),
+            Account.earned_total.label("earned_total"),
+            Account.spent_total.label("spent_total"),
+            func.coalesce(sums.c.total, 0).label("e_total"),
+            func.coalesce(sums.c.entries, 0).label("e_count"),
+            func.coalesce(sums.c.earned, 0).label("e_earned"),
+            func.coalesce(sums.c.spent, 0).label("e_spent"),
+        )
+        .outerjoin(sums, sums.c.account_id == Account.id)
+        .where(_in_community(Account.community_id, community_id))
+        .cte("joined")
+    )
+    c = joined.c
+    accounts = select(
+        literal("account").label("kind"),
+        c.account_id.label("id"),
+        c.balance,
+        c.version,
+        c.earned_total,
+        c.spent_total,
+        c.e_total,
+        c.e_count,
+        c.e_earned,
+        c.e_spent,
+    ).where(
+        or_(
+            c.balance != c.e_total,
+            c.version != c.e_count,
+            c.earned_total != c.e_earned,
+            c.spent_total != c.e_spent,
+        )
+    )
+    communities = (
+        select(
+            literal("community"),
+            c.community_id,
+            # (Cast back: sum(bigint) is numeric, and would make the column numeric for all.)
+            cast(func.sum(c.balance), BigInteger),
+            null(),
+            null(),
+            null(),
+            func.sum(c.e_total),
+            null(),
+            null(),
+            null(),
+        )
+        .group_by(c.community_id)
+        .having(or_(func.sum(c.balance) != 0, func.sum(c.e_total) != 0))
+    )
+    rows = list(await session.execute(union_all(accounts, communities)))
+    session.info["account_pass"] = (community_id, rows)
+    return rows
 
 
 async def cached_totals(
@@ -186,60 +243,24 @@ async def cached_totals(
         "cached_totals",
         "Each account's cached balance, version and earned/spent totals equal what its entries give.",
     )
-    sums = _entry_totals()
-    total = func.coalesce(sums.c.total, 0)
-    count = func.coalesce(sums.c.entries, 0)
-    earned = func.coalesce(sums.c.earned, 0)
-    spent = func.coalesce(sums.c.spent, 0)
-    rows = await session.execute(
-        select(
-            Account.id,
-            Account.balance,
-            Account.version,
-            Account.earned_total,
-            Account.spent_total,
-            total,
-            count,
-            earned,
-            spent,
-        )
-        .outerjoin(sums, sums.c.account_id == Account.id)
-        .where(_in_community(Account.community_id, community_id))
-        .where(
-            or_(
-                Account.balance != total,
-                Account.version != count,
-                Account.earned_total != earned,
-                Account.spent_total != spent,
-            )
-        )
-    )
-    for (
-        account_id,
-        balance,
-        version,
-        earned_total,
-        spent_total,
-        e_total,
-        e_count,
-        e_earned,
-        e_spent,
-    ) in rows:
+    for row in await _account_pass(session, community_id):
+        if row.kind != "account":
+            continue
         result.add(
             Finding(
-                f"Account {account_id}'s cached figures differ from its entries.",
-                {"account_id": str(account_id)},
+                f"Account {row.id}'s cached figures differ from its entries.",
+                {"account_id": str(row.id)},
                 expected={
-                    "balance": int(e_total),
-                    "version": int(e_count),
-                    "earned_total": int(e_earned),
-                    "spent_total": int(e_spent),
+                    "balance": int(row.e_total),
+                    "version": int(row.e_count),
+                    "earned_total": int(row.e_earned),
+                    "spent_total": int(row.e_spent),
                 },
                 found={
-                    "balance": balance,
-                    "version": version,
-                    "earned_total": earned_total,
-                    "spent_total": spent_total,
+                    "balance": row.balance,
+                    "version": row.version,
+                    "earned_total": row.earned_total,
+                    "spent_total": row.spent_total,
                 },
             )
         )

@@ -15,7 +15,10 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Uuid,
     and_,
+    any_,
+    bindparam,
     case,
     cast,
     func,
@@ -26,6 +29,7 @@ from sqlalchemy import (
     text,
     union_all,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import (
@@ -51,6 +55,13 @@ POSTED_EXCHANGE_STATUSES = (
 
 def _in_community(column: Any, community_id: uuid.UUID | None) -> ColumnElement[bool]:
     return literal(True) if community_id is None else column == community_id
+
+
+def _among(column: Any, ids: list[uuid.UUID]) -> ColumnElement[bool]:
+    """``column = ANY(:ids)``: one array parameter however many ids (PostgreSQL, the only
+    backend that verifies incrementally)."""
+    condition: ColumnElement[bool] = column == any_(bindparam(None, ids, type_=ARRAY(Uuid())))
+    return condition
 
 
 async def transactions_balance(
@@ -421,11 +432,24 @@ async def reversals(
         "Every reversal mirrors an existing, non-reversal transaction, reversed at most once.",
     )
     original = Transaction.__table__.alias("original")
+    # Incremental: transactions and entries are as the last sealing run verified them except
+    # the fresh ones, so only reversals that are fresh or reverse a fresh original can differ.
+    scope: ColumnElement[bool] = literal(True)
+    twice_scope: ColumnElement[bool] = literal(True)
+    if fresh is not None:
+        scope = or_(
+            _among(Transaction.id, fresh.transaction_ids),
+            _among(Transaction.reverses_id, fresh.transaction_ids),
+        )
+        twice_scope = Transaction.reverses_id.in_(
+            select(Transaction.reverses_id).where(_among(Transaction.id, fresh.transaction_ids))
+        )
     rows = await session.execute(
         select(Transaction.id, Transaction.reverses_id, original.c.id, original.c.kind)
         .outerjoin(original, original.c.id == Transaction.reverses_id)
         .where(Transaction.kind == TransactionKind.reversal.value)
         .where(_in_community(Transaction.community_id, community_id))
+        .where(scope)
     )
     for reversal_id, reverses_id, found_id, found_kind in rows:
         if found_id is None:
@@ -450,6 +474,7 @@ async def reversals(
         select(Transaction.reverses_id, func.count())
         .where(Transaction.reverses_id.is_not(None))
         .where(_in_community(Transaction.community_id, community_id))
+        .where(twice_scope)
         .group_by(Transaction.reverses_id)
         .having(func.count() > 1)
     )
@@ -476,6 +501,7 @@ async def reversals(
         )
         .where(Transaction.kind == TransactionKind.reversal.value)
         .where(_in_community(Transaction.community_id, community_id))
+        .where(scope)
         .where(or_(mirror.c.amount.is_(None), mirror.c.amount != -Entry.amount))
     )
     for reversal_id, account_id, amount, original_amount in mismatched:
@@ -501,6 +527,7 @@ async def reversals(
         )
         .where(Transaction.kind == TransactionKind.reversal.value)
         .where(_in_community(Transaction.community_id, community_id))
+        .where(scope)
         .where(reversing.c.id.is_(None))
     )
     for reversal_id, account_id, original_amount in left_out:

@@ -414,3 +414,25 @@ async def test_a_fresh_entry_that_breaks_a_chain_is_named_incrementally(
     [broken] = found["balance_after_chain"]
     assert broken["rows"]["account_id"] == a.account_id
     assert broken["found"]["balance_after"] == broken["expected"]["balance_after"] + 3
+
+
+@postgres_only
+async def test_an_entry_added_to_an_old_original_shows_on_its_old_reversal(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    books = await sealed(client, app)
+    c = books.members[2]
+    await tamper(
+        app,
+        "INSERT INTO entries (transaction_id, account_id, amount, balance_after, "
+        "account_version, posted_at) SELECT :original, id, 9, balance + 9, version + 1, now() "
+        "FROM accounts WHERE id = :c",
+        original=db_id(app, books.reversed_id),
+        c=db_id(app, c.account_id),
+    )
+    run = await reconcile(client, books.platform)
+    assert verification(run)["mode"] == "incremental"
+    found = failing(run)
+    assert {"transactions_balance", "content_hashes", "reversals"} <= set(found)
+    [left_out] = found["reversals"]
+    assert left_out["rows"] == {"transaction_id": books.reversal_id, "account_id": c.account_id}

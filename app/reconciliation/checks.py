@@ -437,12 +437,19 @@ async def reversals(
     scope: ColumnElement[bool] = literal(True)
     twice_scope: ColumnElement[bool] = literal(True)
     if fresh is not None:
-        scope = or_(
-            _among(Transaction.id, fresh.transaction_ids),
-            _among(Transaction.reverses_id, fresh.transaction_ids),
+        # Found through the primary key and the reverses_id index, not a scan.
+        ids = list(
+            (
+                await session.execute(
+                    text(_FRESH_REVERSALS), {"fresh": [str(t) for t in fresh.transaction_ids]}
+                )
+            ).scalars()
         )
+        if not ids:
+            return result
+        scope = _among(Transaction.id, ids)
         twice_scope = Transaction.reverses_id.in_(
-            select(Transaction.reverses_id).where(_among(Transaction.id, fresh.transaction_ids))
+            select(Transaction.reverses_id).where(_among(Transaction.id, ids))
         )
     rows = await session.execute(
         select(Transaction.id, Transaction.reverses_id, original.c.id, original.c.kind)
@@ -540,6 +547,15 @@ async def reversals(
             )
         )
     return result
+
+
+_FRESH_REVERSALS = """
+SELECT t.id FROM unnest(CAST(:fresh AS uuid[])) AS fresh(id)
+JOIN transactions t ON t.id = fresh.id WHERE t.kind = 'reversal'
+UNION
+SELECT t.id FROM unnest(CAST(:fresh AS uuid[])) AS fresh(id)
+JOIN transactions t ON t.reverses_id = fresh.id
+"""
 
 
 async def exchanges_posted_once(

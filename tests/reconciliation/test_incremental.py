@@ -436,3 +436,32 @@ async def test_an_entry_added_to_an_old_original_shows_on_its_old_reversal(
     assert {"transactions_balance", "content_hashes", "reversals"} <= set(found)
     [left_out] = found["reversals"]
     assert left_out["rows"] == {"transaction_id": books.reversal_id, "account_id": c.account_id}
+
+
+@postgres_only
+@pytest.mark.parametrize(
+    ("setting", "reason"),
+    [
+        ("MAX_XID_DISTANCE", "Too many transactions since the last seal"),
+        ("FRESH_LIMIT", "Too many rows written since the last seal"),
+    ],
+)
+async def test_guards_send_the_run_to_full(
+    client: AsyncClient,
+    app: FastAPI,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str,
+    reason: str,
+) -> None:
+    books = await sealed(client, app)
+    a, b = books.members[0], books.members[1]
+    await post(client, books.id, books.admin, [(a.account_id, 5), (b.account_id, -5)])
+    monkeypatch.setattr(seals, setting, 0)
+    run = await reconcile(client, books.platform)
+    assert run["status"] == "passed", failing(run)
+    assert verification(run)["mode"] == "full"
+    assert verification(run)["reason"].startswith(reason)
+    # The seal it leaves has a census again, so the next run is incremental once more.
+    monkeypatch.undo()
+    again = await reconcile(client, books.platform)
+    assert verification(again)["mode"] == "incremental"

@@ -282,9 +282,11 @@ FULL_VERIFICATION_EVERY = timedelta(days=7)
 
 
 def _fresh_after(parameter: str) -> str:
-    """The predicate 'row r is fresh relative to the xid in :parameter' (rows are aliased r)."""
-    distance = f"(age(CAST(CAST(:{parameter} AS text) AS xid))::bigint - age(r.xmin)::bigint)"
-    return f"({distance} BETWEEN 0 AND 2147483647 OR {distance} < -2147483648)"
+    """The predicate 'row r is fresh relative to the xid in :parameter' (rows are aliased r):
+    (age(P) - age(xmin)) mod 2^32 < 2^31. age(P) is a sub-select, evaluated once per
+    statement rather than per row."""
+    reference_age = f"(SELECT age(CAST(CAST(:{parameter} AS text) AS xid))::bigint)"
+    return f"(({reference_age} - age(r.xmin)::bigint + 4294967296) % 4294967296 < 2147483648)"
 
 
 FRESH = _fresh_after("reference")

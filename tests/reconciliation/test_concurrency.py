@@ -59,6 +59,10 @@ async def test_runs_during_postings_pass_and_their_seals_verify(
 
     for run in runs:
         assert run.status == "passed", (run.report.get("checks"), run.report.get("tampering"))
+    # After the first seal, runs verify incrementally while postings land: no false alarms.
+    assert any(r.report["verification"]["mode"] == "incremental" for r in runs[1:]), [
+        r.report["verification"] for r in runs
+    ]
     sealed = [r for r in runs if r.report["seal"] is not None]
     assert sealed, [r.report["seal_note"] for r in runs]
     marks = [r.report["seal"]["high_water"] for r in sealed]
@@ -73,3 +77,7 @@ async def test_runs_during_postings_pass_and_their_seals_verify(
     again = await reconcile(client, books.platform)
     assert again["status"] == "passed"
     assert again["report"]["sealed_entries_verified"] == final["report"]["high_water"]
+    # And a full verification of everything those runs sealed agrees.
+    full = await reconcile(client, books.platform, full=True)
+    assert full["status"] == "passed", (failing(full), full["report"]["tampering"])
+    assert full["report"]["verification"]["mode"] == "full"

@@ -465,3 +465,68 @@ async def test_guards_send_the_run_to_full(
     monkeypatch.undo()
     again = await reconcile(client, books.platform)
     assert verification(again)["mode"] == "incremental"
+
+
+@postgres_only
+async def test_a_seal_without_a_census_is_verified_in_full_then_incrementally(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """Seals made before incremental verification existed have no census (and the chained
+    digest of the time, which leaves it out)."""
+    books = await sealed(client, app)
+    seal = await scalar(app, "SELECT id FROM ledger_seals")
+    row = await _seal_row(app, seal)
+    legacy = seals.chain(seals.GENESIS, row["digest"], row["high_water"])
+    await tamper(
+        app,
+        "UPDATE ledger_seals SET census = NULL, chained_digest = :chained",
+        chained=legacy,
+    )
+    a, b = books.members[0], books.members[1]
+    await post(client, books.id, books.admin, [(a.account_id, 5), (b.account_id, -5)])
+    first = await reconcile(client, books.platform)
+    assert first["status"] == "passed", (failing(first), first["report"]["tampering"])
+    assert verification(first) == {"mode": "full", "reason": "The last seal has no census."}
+    assert first["report"]["seal"] is not None
+    second = await reconcile(client, books.platform)
+    assert second["status"] == "passed"
+    assert verification(second)["mode"] == "incremental"
+
+
+@postgres_only
+async def test_a_row_inserted_into_a_seal_without_block_starts_is_caught(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    books = await scenario(client, app)
+    a, b = books.members[0], books.members[1]
+    gap = int(await scalar(app, "SELECT nextval('entries_id_seq')"))
+    await post(client, books.id, books.admin, [(a.account_id, 5), (b.account_id, -5)])
+    first = await reconcile(client, books.platform)
+    assert first["status"] == "passed", failing(first)
+    # Make the first seal one from before censuses (and block starts) existed.
+    seal = await scalar(app, "SELECT id FROM ledger_seals")
+    row = await _seal_row(app, seal)
+    await tamper(
+        app,
+        "UPDATE ledger_seals SET census = NULL, chained_digest = :chained",
+        chained=seals.chain(seals.GENESIS, row["digest"], row["high_water"]),
+    )
+    await post(client, books.id, books.admin, [(a.account_id, 3), (b.account_id, -3)])
+    second = await reconcile(client, books.platform)
+    assert second["status"] == "passed", (failing(second), second["report"]["tampering"])
+
+    forged = await insert_transaction(
+        app, books.id, "adjustment", [(a.account_id, 1), (b.account_id, -1)]
+    )
+    await tamper(
+        app,
+        "UPDATE entries SET id = :gap WHERE id = (SELECT min(id) FROM entries "
+        "WHERE transaction_id = :forged)",
+        gap=gap,
+        forged=db_id(app, forged),
+    )
+    run = await reconcile(client, books.platform)
+    assert verification(run)["mode"] == "incremental"
+    [report] = run["report"]["tampering"]
+    assert report["seal_id"] == str(uuid.UUID(str(seal)))
+    assert report["first_bad_block"] == 0

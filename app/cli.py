@@ -135,7 +135,7 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     from app.reconciliation.service import render_text
 
     try:
-        run = asyncio.run(reconcile(get_settings(), args.community, args.seal))
+        run = asyncio.run(reconcile(get_settings(), args.community, args.seal, full=args.full))
     except Exception as exc:
         print(f"reconciliation could not run: {exc}", file=sys.stderr)
         return 2
@@ -211,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--community", metavar="SLUG", help="check one community (no seal)")
     rec.add_argument("--format", choices=("text", "json"), default="text")
     rec.add_argument("--seal", action="store_true", help="append a seal when every check passes")
+    rec.add_argument(
+        "--full",
+        action="store_true",
+        help="re-verify every sealed row, even where the last seal's census shows no change "
+        "(PostgreSQL runs otherwise verify incrementally; see docs/seals.md)",
+    )
     rec.set_defaults(handler=_cmd_reconcile)
 
     repair = sub.add_parser(

@@ -232,7 +232,7 @@ async def _seed_activity(
 
 
 async def reconcile(
-    settings: Settings, community_slug: str | None, seal: bool
+    settings: Settings, community_slug: str | None, seal: bool, *, full: bool = False
 ) -> ReconciliationRun:
     """Run the reconciliation checks now, in this process; returns the finished run."""
     engine = create_engine(settings)
@@ -246,7 +246,7 @@ async def reconcile(
                 if community_id is None:
                     raise LookupError(f"no community has the slug {community_slug!r}")
             run = await reconciliation_service.create_run(
-                session, community_id=community_id, seal=seal, user_id=None
+                session, community_id=community_id, seal=seal, user_id=None, full=full
             )
         return await reconciliation_service.execute_run(engine, run.id)
     finally:

@@ -30,6 +30,24 @@ def test_reconcile_exits_0_on_clean_books_and_seals(
     assert all(check["status"] == "pass" for check in report["report"]["checks"])
 
 
+def test_reconcile_full_asks_for_a_full_verification(
+    migrated: Path,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _seed(capsys)
+    assert cli.main(["reconcile", "--seal", "--full", "--format", "json"]) == 0
+    full_run = json.loads(capsys.readouterr().out)
+    assert cli.main(["reconcile", "--format", "json"]) == 0
+    plain_run = json.loads(capsys.readouterr().out)
+    assert full_run["report"]["verification"]["mode"] == "full"
+    with sqlite3.connect(migrated) as conn:
+        requested = dict(conn.execute("SELECT id, full_requested FROM reconciliation_runs"))
+    assert {str(k).replace("-", ""): bool(v) for k, v in requested.items()} == {
+        full_run["id"].replace("-", ""): True,
+        plain_run["id"].replace("-", ""): False,
+    }
+
+
 def test_reconcile_exits_1_and_names_the_row_when_a_balance_is_wrong(
     migrated: Path,  # noqa: F811
     capsys: pytest.CaptureFixture[str],

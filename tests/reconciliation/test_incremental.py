@@ -160,20 +160,21 @@ async def test_an_edited_memo_is_caught_and_reported_as_tampering(
     assert "rewritten or deleted" in report["message"]
 
 
-@postgres_only
-async def test_a_row_inserted_below_the_sealed_mark_is_caught_incrementally(
-    client: AsyncClient, app: FastAPI
-) -> None:
-    books = await scenario(client, app)
+async def _seal_past_an_id_gap(
+    client: AsyncClient, app: FastAPI, books: Scenario
+) -> tuple[int, dict[str, Any]]:
+    """Leave a gap in the entry ids (as a rolled-back posting does), post, and seal past it."""
     a, b = books.members[0], books.members[1]
-    # Leave a gap in the entry ids (as a rolled-back posting does), then seal past it.
     gap = int(await scalar(app, "SELECT nextval('entries_id_seq')"))
     await post(client, books.id, books.admin, [(a.account_id, 5), (b.account_id, -5)])
-    first = await reconcile(client, books.platform)
-    assert first["status"] == "passed", failing(first)
-    assert first["report"]["seal"]["high_water"] > gap
+    run = await reconcile(client, books.platform)
+    assert run["status"] == "passed", failing(run)
+    return gap, run
 
-    # Fill the gap behind the service, with a transaction that balances on its own.
+
+async def _forge_an_entry_into(app: FastAPI, books: Scenario, gap: int) -> None:
+    """Fill the id gap behind the service with a transaction that balances on its own."""
+    a, b = books.members[0], books.members[1]
     forged = await insert_transaction(
         app, books.id, "adjustment", [(a.account_id, 1), (b.account_id, -1)]
     )
@@ -184,6 +185,17 @@ async def test_a_row_inserted_below_the_sealed_mark_is_caught_incrementally(
         gap=gap,
         forged=db_id(app, forged),
     )
+
+
+@postgres_only
+async def test_a_row_inserted_below_the_sealed_mark_is_caught_incrementally(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    books = await scenario(client, app)
+    gap, first = await _seal_past_an_id_gap(client, app, books)
+    assert first["report"]["seal"]["high_water"] > gap
+
+    await _forge_an_entry_into(app, books, gap)
     run = await reconcile(client, books.platform)
     assert run["status"] == "failed"
     assert verification(run)["mode"] == "incremental"
@@ -499,10 +511,7 @@ async def test_a_row_inserted_into_a_seal_without_block_starts_is_caught(
 ) -> None:
     books = await scenario(client, app)
     a, b = books.members[0], books.members[1]
-    gap = int(await scalar(app, "SELECT nextval('entries_id_seq')"))
-    await post(client, books.id, books.admin, [(a.account_id, 5), (b.account_id, -5)])
-    first = await reconcile(client, books.platform)
-    assert first["status"] == "passed", failing(first)
+    gap, _ = await _seal_past_an_id_gap(client, app, books)
     # Make the first seal one from before censuses (and block starts) existed.
     seal = await scalar(app, "SELECT id FROM ledger_seals")
     row = await _seal_row(app, seal)
@@ -515,16 +524,7 @@ async def test_a_row_inserted_into_a_seal_without_block_starts_is_caught(
     second = await reconcile(client, books.platform)
     assert second["status"] == "passed", (failing(second), second["report"]["tampering"])
 
-    forged = await insert_transaction(
-        app, books.id, "adjustment", [(a.account_id, 1), (b.account_id, -1)]
-    )
-    await tamper(
-        app,
-        "UPDATE entries SET id = :gap WHERE id = (SELECT min(id) FROM entries "
-        "WHERE transaction_id = :forged)",
-        gap=gap,
-        forged=db_id(app, forged),
-    )
+    await _forge_an_entry_into(app, books, gap)
     run = await reconcile(client, books.platform)
     assert verification(run)["mode"] == "incremental"
     [report] = run["report"]["tampering"]

@@ -248,7 +248,9 @@ async def reconcile(
             run = await reconciliation_service.create_run(
                 session, community_id=community_id, seal=seal, user_id=None, full=full
             )
-        return await reconciliation_service.execute_run(engine, run.id)
+        return await reconciliation_service.execute_run(
+            engine, run.id, full_every=settings.full_verification_interval
+        )
     finally:
         await engine.dispose()
 

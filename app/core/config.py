@@ -5,6 +5,7 @@ Defaults run locally on a SQLite file; production refuses to start with the defa
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import lru_cache
 from typing import Literal, Self
 
@@ -45,6 +46,11 @@ class Settings(BaseSettings):
     login_max_failures_per_account: int = Field(default=5, ge=1)
     login_max_failures_per_address: int = Field(default=20, ge=1)
 
+    # Reconciliation: a whole-ledger run on PostgreSQL re-verifies every sealed row at least
+    # this often, even when the last seal's census shows nothing changed (docs/seals.md);
+    # 0 verifies in full every time.
+    reconciliation_full_verification_days: int = Field(default=7, ge=0, le=366)
+
     # HTTP
     allow_signup: bool = True
     cors_origins: list[str] = Field(default_factory=list)
@@ -66,6 +72,10 @@ class Settings(BaseSettings):
         if self.default_page_size > self.max_page_size:
             raise ValueError("TIMEBANK_DEFAULT_PAGE_SIZE cannot exceed TIMEBANK_MAX_PAGE_SIZE")
         return self
+
+    @property
+    def full_verification_interval(self) -> timedelta:
+        return timedelta(days=self.reconciliation_full_verification_days)
 
     @property
     def is_sqlite(self) -> bool:

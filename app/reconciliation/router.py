@@ -97,7 +97,12 @@ async def start_reconciliation(
         full=body.full,
         user_id=principal.user.id if principal.user else None,
     )
-    background.add_task(service.execute_run, request.app.state.engine, run.id)
+    background.add_task(
+        service.execute_run,
+        request.app.state.engine,
+        run.id,
+        full_every=request.app.state.settings.full_verification_interval,
+    )
     return ReconciliationRead.model_validate(run)
 
 

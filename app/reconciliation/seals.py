@@ -277,7 +277,8 @@ CENSUS_LIST_LIMIT = 10_000
 # Beyond this many fresh entries an incremental run saves little: verify in full.
 FRESH_LIMIT = 100_000
 # A full verification at least this often, whatever the census says: it also catches what
-# the census cannot see (a data file edited outside PostgreSQL, keeping xmin).
+# the census cannot see (a data file edited outside PostgreSQL, keeping xmin). Deployments set
+# it with TIMEBANK_RECONCILIATION_FULL_VERIFICATION_DAYS.
 FULL_VERIFICATION_EVERY = timedelta(days=7)
 
 
@@ -477,6 +478,7 @@ async def plan_verification(
     last_seal: LedgerSeal | None,
     full_requested: bool,
     reference_now: int | None = None,
+    full_every: timedelta = FULL_VERIFICATION_EVERY,
 ) -> Plan:
     """Decide, inside the run's snapshot, whether a whole-ledger run may verify incrementally."""
     if session.get_bind().dialect.name != "postgresql":
@@ -489,7 +491,7 @@ async def plan_verification(
     full_verified_at = datetime.fromisoformat(census["full_verified_at"])
     if full_requested:
         return Plan("full", "A full verification was requested.")
-    if utcnow() - full_verified_at >= FULL_VERIFICATION_EVERY:
+    if utcnow() - full_verified_at >= full_every:
         return Plan("full", f"Scheduled: the last full verification was at {full_verified_at}.")
     if census["identity"] != await _identity(session):
         return Plan("full", "The database or its ledger tables are not those the census saw.")

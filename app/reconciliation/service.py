@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import case, func, select, text, update
@@ -102,9 +103,15 @@ async def _set(
         )
 
 
-async def execute_run(engine: AsyncEngine, run_id: uuid.UUID) -> ReconciliationRun:
+async def execute_run(
+    engine: AsyncEngine,
+    run_id: uuid.UUID,
+    *,
+    full_every: timedelta = seals.FULL_VERIFICATION_EVERY,
+) -> ReconciliationRun:
     """Carry out a queued run and store its report. Never raises for what it finds; a run that
-    cannot finish is stored with status ``error``."""
+    cannot finish is stored with status ``error``. ``full_every``: how old the last full
+    verification may be before a whole-ledger run verifies in full again."""
     sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
     async with sessionmaker() as session:
         run = await session.get(ReconciliationRun, run_id)
@@ -117,7 +124,7 @@ async def execute_run(engine: AsyncEngine, run_id: uuid.UUID) -> ReconciliationR
     )
     try:
         report = await _run_checks(
-            engine, sessionmaker, run_id, community_id, seal_requested, full_requested
+            engine, sessionmaker, run_id, community_id, seal_requested, full_requested, full_every
         )
     except Exception as exc:  # the run failed to run: say so, keep the service up
         logger.exception("reconciliation run %s failed", run_id)
@@ -154,6 +161,7 @@ async def _run_checks(
     community_id: uuid.UUID | None,
     seal_requested: bool,
     full_requested: bool,
+    full_every: timedelta,
 ) -> dict[str, Any]:
     async with engine.connect() as connection:
         high_water, settled = await seals.settled_high_water(connection)
@@ -165,7 +173,9 @@ async def _run_checks(
             latest = await snapshot.scalar(
                 select(LedgerSeal).order_by(LedgerSeal.high_water.desc()).limit(1)
             )
-            plan = await seals.plan_verification(snapshot, latest, full_requested, reference)
+            plan = await seals.plan_verification(
+                snapshot, latest, full_requested, reference, full_every
+            )
         else:
             plan = seals.Plan("full", "A run for one community checks all of its rows.")
         for index, check in enumerate(CHECKS, start=1):

@@ -5,7 +5,7 @@ verification is there on request and on a schedule (docs/seals.md)."""
 from __future__ import annotations
 
 import uuid
-from datetime import date, timedelta
+from datetime import date
 from typing import Any
 
 import pytest
@@ -89,11 +89,15 @@ async def test_sqlite_and_scoped_runs_verify_in_full(client: AsyncClient, app: F
 
 
 @postgres_only
-async def test_a_full_verification_is_scheduled(
-    client: AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_full_verification_is_scheduled(client: AsyncClient, app: FastAPI) -> None:
+    """TIMEBANK_RECONCILIATION_FULL_VERIFICATION_DAYS sets how old the last full verification
+    may be; 0 makes every whole-ledger run a full one."""
     books = await sealed(client, app)
-    monkeypatch.setattr(seals, "FULL_VERIFICATION_EVERY", timedelta(0))
+    assert verification(await reconcile(client, books.platform))["mode"] == "incremental"
+
+    app.state.settings = app.state.settings.model_copy(
+        update={"reconciliation_full_verification_days": 0}
+    )
     run = await reconcile(client, books.platform)
     assert run["status"] == "passed"
     assert verification(run)["mode"] == "full"

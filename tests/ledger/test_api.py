@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from app.models import AccountLimitChange
+from app.core.clock import utcnow
+from app.models import AccountLimitChange, IdempotencyRecord
 from tests.factories import Api, expect
 from tests.ledger.helpers import (
     balance,
@@ -806,4 +807,32 @@ async def test_a_retry_with_fields_and_details_in_another_order_replays(
     # Order inside a list is meaning, not layout: it is a different request.
     swapped = {**first, "details": {"source": "app", "visit": {"day": "mon", "hours": [2, 1]}}}
     refused(await client.post(url, json=swapped, headers=headers), 422, "idempotency_key_reused")
+    await check_books(app, limits_unchanged=True)
+
+
+async def test_a_key_past_its_retention_may_be_used_afresh(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """Keys are kept 48 hours; after that the same key names a new request, which posts."""
+    api = Api(client, app)
+    books = await open_books(api, members=2, logins=False)
+    a, b = (m.account_id for m in books.members)
+    url = f"/v1/communities/{books.id}/transactions"
+    headers = {**books.admin.headers, "Idempotency-Key": "monthly-import"}
+    first = expect(
+        await client.post(url, json={"entries": _entries((a, 30), (b, -30))}, headers=headers), 201
+    )
+    async with app.state.sessionmaker() as session, session.begin():
+        await session.execute(
+            update(IdempotencyRecord).values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+
+    again = await client.post(url, json={"entries": _entries((a, 45), (b, -45))}, headers=headers)
+    second = expect(again, 201)
+    assert "Idempotency-Replayed" not in again.headers
+    assert second["id"] != first["id"]
+    replay = await client.post(url, json={"entries": _entries((a, 45), (b, -45))}, headers=headers)
+    assert replay.headers["Idempotency-Replayed"] == "true"
+    assert replay.json() == second
+    assert [await balance(client, x, books.admin) for x in (a, b)] == [75, -75]
     await check_books(app, limits_unchanged=True)

@@ -279,7 +279,8 @@ async def test_a_census_from_another_database_sends_the_run_to_full(
     assert run["status"] == "passed", (failing(run), run["report"]["tampering"])
     assert verification(run) == {
         "mode": "full",
-        "reason": "The database or its ledger tables are not those the census saw.",
+        "reason": "The database or its ledger tables are not those the census saw (restored, "
+        "upgraded or rewritten in place).",
     }
 
 
@@ -534,3 +535,60 @@ async def test_a_row_inserted_into_a_seal_without_block_starts_is_caught(
     [report] = run["report"]["tampering"]
     assert report["seal_id"] == str(uuid.UUID(str(seal)))
     assert report["first_bad_block"] == 0
+
+
+@postgres_only
+async def test_a_copy_of_a_fresh_row_cannot_stand_in_for_a_deleted_sealed_one(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """The census counts rows, not ids: a second copy of a new transaction, kept in a table
+    that inherits from transactions (no constraint of the ledger touched), must not make up
+    for a sealed transaction deleted behind the service."""
+    books = await scenario(client, app)
+    a, b = books.members[0], books.members[1]
+    old = await insert_transaction(
+        app, books.id, "transfer", [(a.account_id, 7), (b.account_id, -7)]
+    )
+    first = await reconcile(client, books.platform)
+    assert first["status"] == "passed", failing(first)
+    new = await post(client, books.id, books.admin, [(a.account_id, 5), (b.account_id, -5)])
+    await tamper(
+        app,
+        "CREATE TABLE transactions_shadow () INHERITS (transactions)",
+        "INSERT INTO transactions_shadow SELECT * FROM ONLY transactions "
+        "WHERE id = CAST(:new AS uuid)",
+        "DELETE FROM transactions WHERE id = CAST(:old AS uuid)",
+        new=str(new["id"]),
+        old=old,
+    )
+    run = await reconcile(client, books.platform)
+    assert run["status"] == "failed"
+    assert run["report"]["seal"] is None
+    assert verification(run)["mode"] == "full"
+    assert "rewritten or deleted" in verification(run)["reason"]
+    assert failing(run)["transactions_balance"]
+
+
+@postgres_only
+async def test_a_migration_that_rewrites_a_table_is_not_tampering(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """An ALTER TABLE that rewrites entries gives every row a new version: the next run
+    verifies in full (the table is not the file the census saw) and finds nothing."""
+    books = await sealed(client, app)
+    async with app.state.engine.begin() as connection:
+        await connection.execute(
+            text(
+                "ALTER TABLE entries ADD COLUMN rewrite_probe timestamptz DEFAULT clock_timestamp()"
+            )
+        )
+        await connection.execute(text("ALTER TABLE entries DROP COLUMN rewrite_probe"))
+    run = await reconcile(client, books.platform)
+    assert run["status"] == "passed", (failing(run), run["report"]["tampering"])
+    assert verification(run)["mode"] == "full"
+    assert "rewritten in place" in verification(run)["reason"]
+    # The next seal records the new table file; from then on runs are incremental again.
+    a, b = books.members[0], books.members[1]
+    await post(client, books.id, books.admin, [(a.account_id, 5), (b.account_id, -5)])
+    assert (await reconcile(client, books.platform))["report"]["seal"] is not None
+    assert verification(await reconcile(client, books.platform))["mode"] == "incremental"

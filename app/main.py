@@ -85,7 +85,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessionmaker = create_sessionmaker(engine)
         if engine.dialect.name == "sqlite":
             app.state.sqlite_write_lock = asyncio.Lock()
-        freeze_startup_objects()
+        if settings.environment != "test":
+            # The test suite opens and closes an event loop per test; there, garbage left by a
+            # failed aiosqlite connection must be collected (as by default) before its loop
+            # closes, or its worker thread reports to a closed loop during a later test.
+            freeze_startup_objects()
         try:
             yield
         finally:

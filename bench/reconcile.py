@@ -285,7 +285,7 @@ def print_run(label: str, run: Any, seconds: float) -> None:
     verification = report["verification"]
     print(f"  verification: {verification}")
     print(
-        f"  sealed entries re-verified: {report['sealed_entries_verified']:,}; "
+        f"  sealed entries verified: {report['sealed_entries_verified']:,}; "
         + (f"new seal up to {seal['high_water']:,}" if seal else f"seal: {report['seal_note']}")
     )
 

@@ -269,9 +269,15 @@ def render_text(run: ReconciliationRun) -> str:
             )
         if check["findings_total"] > 20:
             lines.append(f"         ... and {check['findings_total'] - 20} more")
-    lines.append(f"  sealed entries re-verified: {report['sealed_entries_verified']}")
-    if report.get("verification"):
-        verification = report["verification"]
+    verification = report.get("verification") or {}
+    if verification.get("mode") == "incremental":
+        lines.append(
+            f"  sealed entries verified: {report['sealed_entries_verified']} (unchanged since the "
+            "last seal by its census; only blocks holding rows written since were re-hashed)"
+        )
+    else:
+        lines.append(f"  sealed entries re-verified: {report['sealed_entries_verified']}")
+    if verification:
         lines.append(f"  verification: {verification['mode']} ({verification['reason']})")
     for tamper in report["tampering"]:
         lines.append(f"  [TAMPER] {tamper['message']}")

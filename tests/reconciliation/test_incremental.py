@@ -59,6 +59,13 @@ async def test_after_a_seal_runs_verify_incrementally_and_full_on_request(
     assert verification(again)["mode"] == "incremental"
     assert verification(again)["fresh_entries"] == 0
     assert again["report"]["sealed_entries_verified"] == again["report"]["high_water"]
+    # The readable report says how they were verified: by the census, not by re-hashing.
+    readable = await client.get(
+        f"/v1/admin/reconciliations/{again['id']}",
+        headers={**books.platform.headers, "Accept": "text/plain"},
+    )
+    assert "only blocks holding rows written since were re-hashed" in readable.text
+    assert "verification: incremental" in readable.text
 
     # Postings since the seal are fresh: checked, then sealed by the next run.
     await post(client, books.id, books.admin, [(a.account_id, 5), (b.account_id, -5)])

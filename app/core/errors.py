@@ -127,6 +127,16 @@ class PayloadTooLarge(DomainError):
     title = "Payload too large"
 
 
+class IdempotencyKeyRequired(DomainError):
+    """A write that moves hours came without its Idempotency-Key header. FastAPI refuses the
+    request while validating headers, before any feature code runs, so the validation handler
+    below answers with this instead of a generic 422."""
+
+    status = 400
+    code = "idempotency_key_required"
+    title = "Idempotency-Key header required"
+
+
 def problem_body(error: DomainError) -> dict[str, Any]:
     """The problem document of a refusal, outside any response (batch results carry one per
     refused item)."""
@@ -208,13 +218,11 @@ async def _handle_validation_error(request: Request, exc: Exception) -> JSONResp
     if problems and all(
         p.type == "missing" and p.loc == ["header", "Idempotency-Key"] for p in problems
     ):
-        # A write that moves hours without its key: say exactly that (the code clients know).
-        return problem_response(
+        return await _handle_domain_error(
             request,
-            status=400,
-            code="idempotency_key_required",
-            title="Idempotency-Key header required",
-            detail="Send an Idempotency-Key header so a retried request cannot post twice.",
+            IdempotencyKeyRequired(
+                "Send an Idempotency-Key header so a retried request cannot post twice."
+            ),
         )
     summary = "; ".join(f"{'.'.join(str(x) for x in p.loc)}: {p.msg}" for p in problems[:5])
     return problem_response(

@@ -78,12 +78,6 @@ class InvalidLimits(LedgerError, Unprocessable):
     title = "Account limits are not valid"
 
 
-class IdempotencyKeyRequired(DomainError):
-    status = 400
-    code = "idempotency_key_required"
-    title = "Idempotency-Key header required"
-
-
 class IdempotencyKeyReused(Unprocessable):
     code = "idempotency_key_reused"
     title = "Idempotency-Key already used for a different request"

@@ -9,7 +9,6 @@ from fastapi import Header, Request, Response
 from pydantic import BaseModel
 
 from app.access.principal import Principal
-from app.ledger.errors import IdempotencyKeyRequired
 from app.ledger.idempotency import IdempotencyKey, Outcome, request_fingerprint
 
 IdempotencyHeader = Annotated[
@@ -24,7 +23,8 @@ IdempotencyHeader = Annotated[
 ]
 
 # Routes that always move hours (transactions, batches) require the key: the contract says so,
-# and a request without it is answered 400 ``idempotency_key_required`` (app.core.errors).
+# and FastAPI refuses a request without it while validating headers, answered 400
+# ``idempotency_key_required`` (app.core.errors.IdempotencyKeyRequired).
 RequiredIdempotencyHeader = Annotated[
     str,
     Header(
@@ -38,19 +38,11 @@ RequiredIdempotencyHeader = Annotated[
 
 
 def idempotency_key(
-    request: Request,
-    principal: Principal,
-    header: str | None,
-    payload: BaseModel,
-    *,
-    required: bool = False,
+    request: Request, principal: Principal, header: str | None, payload: BaseModel
 ) -> IdempotencyKey | None:
-    """The key this request is made under (keys are scoped per user or client)."""
+    """The key this request is made under (keys are scoped per user or client); None when
+    an optional header was not sent."""
     if header is None:
-        if required:
-            raise IdempotencyKeyRequired(
-                "Send an Idempotency-Key header so a retried request cannot post twice."
-            )
         return None
     path = request.url.path
     return IdempotencyKey(

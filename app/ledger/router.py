@@ -28,7 +28,7 @@ from app.access.errors import (
     MembershipInactive,
 )
 from app.core.database import DbSession
-from app.core.errors import InvalidCursor, Unprocessable, error_responses
+from app.core.errors import IdempotencyKeyRequired, InvalidCursor, Unprocessable, error_responses
 from app.core.pagination import Page, Pagination
 from app.ledger import errors, service
 from app.ledger.dependencies import (
@@ -200,7 +200,7 @@ async def get_account_statement(
     status_code=status.HTTP_201_CREATED,
     response_model=TransactionRead,
     responses=error_responses(
-        *_COMMUNITY, *_POSTING, *_IDEMPOTENCY, errors.IdempotencyKeyRequired, Unprocessable
+        *_COMMUNITY, *_POSTING, *_IDEMPOTENCY, IdempotencyKeyRequired, Unprocessable
     ),
 )
 async def create_transaction(
@@ -210,7 +210,7 @@ async def create_transaction(
     session: DbSession,
     key_header: RequiredIdempotencyHeader,
 ) -> Response:
-    key = idempotency_key(request, access.principal, key_header, body, required=True)
+    key = idempotency_key(request, access.principal, key_header, body)
     outcome = await run_idempotent(
         session, key, _created(lambda: service.create_transaction(session, access, body))
     )
@@ -225,7 +225,7 @@ async def create_transaction(
     responses=error_responses(
         *_COMMUNITY,
         *_IDEMPOTENCY,
-        errors.IdempotencyKeyRequired,
+        IdempotencyKeyRequired,
         errors.BatchRefused,
         errors.LedgerBusy,
     ),
@@ -237,7 +237,7 @@ async def create_transaction_batch(
     session: DbSession,
     key_header: RequiredIdempotencyHeader,
 ) -> Response:
-    key = idempotency_key(request, access.principal, key_header, body, required=True)
+    key = idempotency_key(request, access.principal, key_header, body)
 
     async def run() -> tuple[int, BaseModel, uuid.UUID | None]:
         return status.HTTP_200_OK, await service.create_batch(session, access, body), None
@@ -311,7 +311,7 @@ async def reverse_transaction(
     key_header: IdempotencyHeader = None,
 ) -> Response:
     payload = body or ReversalCreate()
-    key = idempotency_key(request, target.access.principal, key_header, payload, required=False)
+    key = idempotency_key(request, target.access.principal, key_header, payload)
     outcome = await run_idempotent(
         session,
         key,

@@ -292,9 +292,7 @@ def _shared_pairs(rows: Iterable[Any]) -> Iterator[tuple[str, str, int, Any]]:
             for giver, taker, share in pair_shares(providers, receivers):
                 yield giver, taker, share, day
             current, day, providers, receivers = exchange_id, occurred_on, [], []
-        (providers if role == PartyRole.provider.value else receivers).append(
-            (member_id, int(minutes))
-        )
+        (providers if role == PROVIDER else receivers).append((member_id, int(minutes)))
     for giver, taker, share in pair_shares(providers, receivers):
         yield giver, taker, share, day
 

@@ -286,7 +286,7 @@ async def balance_chains(
         "Each account's entries run versions 1..n and each balance_after is the previous plus its amount.",
     )
     if fresh is not None:
-        starts = sorted(fresh.chain_starts.items())
+        starts = list(fresh.chain_starts.items())  # (the statement orders its findings)
         rows = await session.execute(
             text(_FRESH_CHAINS_SQL),
             {"accounts": [str(a) for a, _ in starts], "lows": [low for _, low in starts]},

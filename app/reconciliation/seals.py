@@ -282,18 +282,27 @@ FRESH_LIMIT = 100_000
 FULL_VERIFICATION_EVERY = timedelta(days=7)
 
 
-def _fresh_after(parameter: str) -> str:
-    """The predicate 'row r is fresh relative to the xid in :parameter' (rows are aliased r):
-    (age(P) - age(xmin)) mod 2^32 < 2^31. age(P) is a sub-select, evaluated once per
-    statement rather than per row."""
-    reference_age = f"(SELECT age(CAST(CAST(:{parameter} AS text) AS xid))::bigint)"
-    return f"(({reference_age} - age(r.xmin)::bigint + 4294967296) % 4294967296 < 2147483648)"
+def fresh_predicate(name: str, reference: int) -> tuple[str, dict[str, bytes]]:
+    """The predicate 'row r is fresh relative to the xid ``reference``' (rows are aliased r),
+    with its parameters: (xmin - P) mod 2^32 < 2^31, special xids (0-2) never fresh.
 
-
-FRESH = _fresh_after("reference")
-# Relative to this run's own reference too, for the census of the seal it may make: one scan
-# serves both (rows fresh to either are few).
-_FRESH_NOW = _fresh_after("reference_now")
+    xmin is compared as the four big-endian bytes ``xidsend()`` gives, which order like the
+    unsigned xid; so the circular window [P, P + 2^31) is one range, or two when it wraps.
+    (``age()`` would do the arithmetic, but it is parallel restricted: a count with it cannot
+    use a parallel scan. ``xidsend()`` is parallel safe and cheaper than a cast to text.)"""
+    low = reference % 2**32
+    high = (low + 2**31) % 2**32
+    xid = "xidsend(r.xmin)"
+    params = {
+        f"{name}_low": max(low, 3).to_bytes(4, "big"),
+        f"{name}_high": high.to_bytes(4, "big"),
+    }
+    if low < high:
+        return f"({xid} >= :{name}_low AND {xid} < :{name}_high)", params
+    return (
+        f"({xid} >= :{name}_low OR ({xid} < :{name}_high AND {xid} >= '\\x00000003'::bytea))",
+        params,
+    )
 
 
 _SNAPSHOT_XIDS = text(
@@ -311,20 +320,35 @@ _IDENTITY = text(
     "'entries'::regclass::oid::bigint, 'transactions'::regclass::oid::bigint, "
     "pg_relation_filenode('entries')::bigint, pg_relation_filenode('transactions')::bigint"
 )
-# (The statements below are built from the constant FRESH and fixed names only.) Fresh rows
-# are few (those written since the last seal): fetching them and counting every row costs
-# less than counting the others with the predicate.
-_TOTALS = text("SELECT (SELECT count(*) FROM entries), (SELECT count(*) FROM transactions)")
-_FRESH_ROWS = {
-    table: text(
-        f"SELECT r.id, {columns}{FRESH} AS fresh, {_FRESH_NOW} AS fresh_now "  # noqa: S608
-        f"FROM {table} r WHERE {FRESH} OR {_FRESH_NOW} LIMIT :limit"
-    )
-    for table, columns in (
-        ("entries", "r.transaction_id, r.account_id, r.account_version, "),
-        ("transactions", ""),
-    )
+# (The statements below are built from fresh_predicate and fixed names only.)
+_CENSUS_TABLES = {
+    "entries": "r.transaction_id, r.account_id, r.account_version, r.amount, r.balance_after",
+    "transactions": "r.kind, r.reverses_id",
 }
+# One parallel scan per table counts every row and the fresh ones (to either reference).
+_COUNTS = (
+    "SELECT * FROM "
+    "(SELECT count(*), count(*) FILTER (WHERE {fresh}), count(*) FILTER (WHERE {fresh_now}) "
+    "FROM entries r) AS e CROSS JOIN "
+    "(SELECT count(*), count(*) FILTER (WHERE {fresh}), count(*) FILTER (WHERE {fresh_now}) "
+    "FROM transactions r) AS t"
+)
+# Where fresh rows are expected, reached through indexes: entries above the last seal's mark,
+# the rows the census listed, and the transactions of the fresh entries. When the counts say
+# that is all of them (as it is unless rows were added or rewritten behind the service), the
+# fresh rows need no second scan; otherwise _FRESH_ROWS finds them by the predicate.
+_CANDIDATES = {
+    "entries": "SELECT r.id, {columns}, {fresh} AS fresh, {fresh_now} AS fresh_now "
+    "FROM entries r WHERE r.id > :high OR r.id = ANY(CAST(:ids AS bigint[])) LIMIT :limit",
+    # (Each id through the primary key: a long = ANY(array) filter scans the table instead.)
+    "transactions": "SELECT r.* FROM unnest(CAST(:ids AS uuid[])) AS t(id) CROSS JOIN LATERAL "
+    "(SELECT r.id, {columns}, {fresh} AS fresh, {fresh_now} AS fresh_now "
+    "FROM transactions r WHERE r.id = t.id OFFSET 0) AS r LIMIT :limit",
+}
+_FRESH_ROWS = (
+    "SELECT r.id, {columns}, {fresh} AS fresh, {fresh_now} AS fresh_now "
+    "FROM {table} r WHERE {fresh} OR {fresh_now} LIMIT :limit"
+)
 _ENTRIES_OF = text(
     "SELECT e.id FROM unnest(CAST(:ids AS uuid[])) AS t(id) CROSS JOIN LATERAL "
     "(SELECT id FROM entries WHERE transaction_id = t.id OFFSET 0) AS e"
@@ -411,8 +435,12 @@ class CensusSeed:
     """Every row counted, and the rows fresh to either reference fetched, in one snapshot."""
 
     totals: dict[str, int]
-    entries: list[Any]  # id, transaction_id, account_id, account_version, fresh, fresh_now
-    transactions: list[Any]  # id, fresh, fresh_now
+    # id, transaction_id, account_id, account_version, amount, balance_after, fresh, fresh_now
+    entries: list[Any]
+    transactions: list[Any]  # id, kind, reverses_id, fresh, fresh_now
+    # The ids of old rows found beside the fresh transactions (the same id twice: a copy), or
+    # None when the fresh rows were found by the predicate, so no old copies were looked for.
+    old_transaction_ids: set[Any] | None = None
 
     @property
     def fresh_now(self) -> dict[str, list[str]]:
@@ -422,19 +450,62 @@ class CensusSeed:
         }
 
 
+@dataclass
+class Expected:
+    """Where the last census expects fresh rows: entries above its seal's mark, and the rows it
+    listed (see _CANDIDATES)."""
+
+    high_water: int
+    entries: list[str]
+    transactions: list[str]
+
+
 async def _census_seed(
-    session: AsyncSession, reference: int, reference_now: int, limit: int
+    session: AsyncSession,
+    reference: int,
+    reference_now: int,
+    limit: int,
+    expected: Expected | None = None,
 ) -> CensusSeed:
-    params = {
-        "reference": str(reference % 2**32),
-        "reference_now": str(reference_now % 2**32),
-        "limit": limit,
-    }
-    totals = (await session.execute(_TOTALS)).one()
+    fresh, params = fresh_predicate("reference", reference)
+    fresh_now, params_now = fresh_predicate("reference_now", reference_now)
+    params |= params_now
+    predicates = {"fresh": fresh, "fresh_now": fresh_now}
+    counts = (await session.execute(text(_COUNTS.format(**predicates)), params)).one()
+    totals: dict[str, int] = {}
+    found: dict[str, list[Any]] = {}
+    seen: dict[str, set[Any]] = {}
+    for offset, table in enumerate(("entries", "transactions")):
+        total, fresh_count, fresh_now_count = (int(n) for n in counts[3 * offset : 3 * offset + 3])
+        totals[table] = total
+        rows: list[Any] | None = None
+        if expected is not None:
+            if table == "entries":
+                where = {"high": expected.high_water, "ids": [int(i) for i in expected.entries]}
+            else:
+                listed = {uuid.UUID(i) for i in expected.transactions}
+                where = {"ids": list(listed | {e.transaction_id for e in found["entries"]})}
+            statement = _CANDIDATES[table].format(columns=_CENSUS_TABLES[table], **predicates)
+            rows = list(
+                await session.execute(text(statement), params | where | {"limit": limit + 1})
+            )
+            if (
+                len(rows) > limit
+                or sum(1 for r in rows if r.fresh) != fresh_count
+                or sum(1 for r in rows if r.fresh_now) != fresh_now_count
+            ):
+                rows = None  # fresh rows elsewhere: find them by the predicate
+        if rows is None:
+            statement = _FRESH_ROWS.format(table=table, columns=_CENSUS_TABLES[table], **predicates)
+            rows = list(await session.execute(text(statement), params | {"limit": limit}))
+        else:
+            seen[table] = {r.id for r in rows if not (r.fresh or r.fresh_now)}
+        found[table] = [r for r in rows if r.fresh or r.fresh_now]
     return CensusSeed(
-        totals={"entries": int(totals[0]), "transactions": int(totals[1])},
-        entries=list((await session.execute(_FRESH_ROWS["entries"], params)).all()),
-        transactions=list((await session.execute(_FRESH_ROWS["transactions"], params)).all()),
+        totals=totals,
+        entries=found["entries"],
+        transactions=found["transactions"],
+        old_transaction_ids=seen.get("transactions"),
     )
 
 
@@ -516,6 +587,7 @@ async def plan_verification(
         reference,
         reference if reference_now is None else reference_now,
         FRESH_LIMIT + 1,
+        Expected(last_seal.high_water, census["entries"]["fresh"], census["transactions"]["fresh"]),
     )
     entries = [row for row in seed.entries if row.fresh]
     fresh_transactions = [row for row in seed.transactions if row.fresh]
@@ -540,9 +612,17 @@ async def plan_verification(
         listed_gone = len(set(census[table]["fresh"]) - fresh_ids[table])
         gone[table] = abs(older_gone) + listed_gone
     if all(n == 0 for n in gone.values()):
-        transaction_ids = sorted(fresh_rows | {e.transaction_id for e in entries})
+        transaction_ids = list(fresh_rows | {e.transaction_id for e in entries})
+        # A fresh transaction row changes the lines of its entries in the blocks. Entries the
+        # sealing run saw can belong only to a transaction it saw too (its checks found every
+        # entry's transaction), so, the census holding, only to one it listed as fresh, or
+        # one with a second, old row under the same id; every other fresh transaction is new
+        # and its entries are fresh themselves.
+        listed = {uuid.UUID(t) for t in census["transactions"]["fresh"]}
+        copied = seed.old_transaction_ids
+        suspects = [t for t in fresh_rows if t in listed or copied is None or t in copied]
         of_fresh = (
-            await session.execute(_ENTRIES_OF, {"ids": [str(t) for t in transaction_ids]})
+            await session.execute(_ENTRIES_OF, {"ids": [str(t) for t in suspects]})
         ).scalars()
         return Plan(
             "incremental",

@@ -36,6 +36,7 @@ from app.reconciliation.findings import CheckResult
 logger = logging.getLogger("timebank.reconciliation")
 
 SNAPSHOT_WORK_MEM = "128MB"
+PROGRESS_EVERY = 0.5  # seconds
 
 
 async def create_run(
@@ -101,6 +102,21 @@ async def _set(
         await session.execute(
             update(ReconciliationRun).where(ReconciliationRun.id == run_id).values(**values)
         )
+
+
+class _Progress:
+    """Progress written through its own short transaction (each a commit), at most every
+    PROGRESS_EVERY seconds: a run of a fraction of a second would otherwise spend a good part
+    of its time reporting how far it got."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], run_id: uuid.UUID) -> None:
+        self.sessionmaker, self.run_id = sessionmaker, run_id
+        self.last = time.perf_counter()
+
+    async def report(self, progress: int) -> None:
+        if time.perf_counter() - self.last >= PROGRESS_EVERY:
+            await _set(self.sessionmaker, self.run_id, progress=progress)
+            self.last = time.perf_counter()
 
 
 async def execute_run(
@@ -178,9 +194,10 @@ async def _run_checks(
             )
         else:
             plan = seals.Plan("full", "A run for one community checks all of its rows.")
+        progress = _Progress(sessionmaker, run_id)
         for index, check in enumerate(CHECKS, start=1):
             results.append(await check(snapshot, community_id, plan.fresh))
-            await _set(sessionmaker, run_id, progress=int(100 * index / steps))
+            await progress.report(int(100 * index / steps))
         if community_id is None:
             tampering, last_seal, verified = await seals.verify_chain(snapshot, plan.fresh)
             if plan.census_break is not None and not tampering:
@@ -189,7 +206,7 @@ async def _run_checks(
             # Seals cover every community's entries at once: a scoped run neither verifies
             # nor extends them (and so names no other community's rows).
             tampering, last_seal, verified = [], None, 0
-        await _set(sessionmaker, run_id, progress=int(100 * (steps - 1) / steps))
+        await progress.report(int(100 * (steps - 1) / steps))
         passed = all(r.passed for r in results) and not tampering
         span = None
         census = None

@@ -199,6 +199,29 @@ async def _forge_an_entry_into(app: FastAPI, books: Scenario, gap: int) -> None:
 
 
 @postgres_only
+async def test_a_copy_of_a_sealed_transaction_is_caught_incrementally(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """Only fresh transactions that the sealing run may have seen have their entries looked
+    up for re-hashing; a second row under a sealed transaction's id (through a child table,
+    nothing deleted, every old row intact) is one of them: its sealed entries now join two
+    transaction rows, and their block is re-digested and named."""
+    books = await sealed(client, app)
+    await tamper(
+        app,
+        "CREATE TABLE transactions_shadow () INHERITS (transactions)",
+        "INSERT INTO transactions_shadow SELECT * FROM ONLY transactions "
+        "WHERE id = CAST(:old AS uuid)",
+        old=db_id(app, books.transfers[0]),
+    )
+    run = await reconcile(client, books.platform)
+    assert run["status"] == "failed"
+    assert verification(run)["mode"] == "incremental"
+    [report] = run["report"]["tampering"]
+    assert "changed behind the service" in report["message"]
+
+
+@postgres_only
 async def test_a_row_inserted_below_the_sealed_mark_is_caught_incrementally(
     client: AsyncClient, app: FastAPI
 ) -> None:
@@ -306,29 +329,42 @@ async def _seal_row(app: FastAPI, seal_id: Any) -> dict[str, Any]:
 async def test_fresh_classification_is_circular_and_never_counts_special_xids(
     app: FastAPI,
 ) -> None:
-    """The SQL predicate itself, on xids around the 2^32 wrap (whatever the server's own
-    xid counter is: the ages of both sides are taken from the same "now")."""
-    reference = 2**32 - 10
+    """The SQL predicate itself, on xids around the 2^32 wrap and away from it (the window
+    [P, P + 2^31) is then one range of xidsend() bytes, or two)."""
+    wrapping = 2**32 - 10
     cases = {
-        reference: True,
-        reference + 9: True,
-        5: True,  # written after the wrap: still after the reference
-        2**31 - 11: True,  # the last xid that still follows
-        2**31 - 10: False,  # half the circle away: precedes
-        reference - 1: False,
-        3: True,
-        2: False,  # FrozenTransactionId (pre-9.4 freezing) is never fresh
-        1: False,
+        wrapping: {
+            wrapping: True,
+            wrapping + 9: True,
+            5: True,  # written after the wrap: still after the reference
+            2**31 - 11: True,  # the last xid that still follows
+            2**31 - 10: False,  # half the circle away: precedes
+            wrapping - 1: False,
+            3: True,
+            2: False,  # FrozenTransactionId (pre-9.4 freezing) is never fresh
+            1: False,
+        },
+        1000: {
+            1000: True,
+            999: False,
+            2**31 + 999: True,
+            2**31 + 1000: False,
+            2**32 - 1: False,
+            3: False,
+            2: False,
+        },
     }
     async with app.state.engine.connect() as connection:
-        for xmin, expected in cases.items():
-            found = await connection.scalar(
-                text(
-                    f"SELECT {seals.FRESH} FROM (SELECT CAST(CAST(:xmin AS text) AS xid) AS xmin) AS r"
-                ),
-                {"xmin": str(xmin), "reference": str(reference)},
-            )
-            assert found is expected, xmin
+        for reference, expectations in cases.items():
+            fresh, params = seals.fresh_predicate("reference", reference)
+            for xmin, expected in expectations.items():
+                found = await connection.scalar(
+                    text(
+                        f"SELECT {fresh} FROM (SELECT CAST(CAST(:x AS text) AS xid) AS xmin) AS r"
+                    ),
+                    {"x": str(xmin), **params},
+                )
+                assert found is expected, (reference, xmin)
 
 
 async def _commit_an_xid(app: FastAPI) -> None:

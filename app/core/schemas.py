@@ -11,13 +11,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PlainSerializer,
     StringConstraints,
+    WithJsonSchema,
     model_validator,
 )
 
-# Ids travel as opaque strings.
-PublicId = Annotated[uuid.UUID, PlainSerializer(str, return_type=str, when_used="json")]
+# Ids travel as opaque strings. pydantic-core writes a UUID as its canonical string natively;
+# the schema says only "string" for responses, so clients do not come to rely on the format.
+PublicId = Annotated[uuid.UUID, WithJsonSchema({"type": "string"}, mode="serialization")]
 
 
 def _has_nul(value: Any) -> bool:

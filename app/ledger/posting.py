@@ -17,10 +17,12 @@ back to a savepoint and the engine retries a bounded number of times.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, cast
@@ -30,7 +32,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.clock import utcnow
-from app.core.ids import new_id
+from app.core.ids import new_ids
 from app.ledger import errors
 from app.models import Account, Community, Entry, Transaction
 from app.models.ledger import AccountStatus, TransactionKind
@@ -85,6 +87,12 @@ class PostedTransaction:
     reverses_id: uuid.UUID | None
     content_hash: str
     entries: tuple[PostedEntry, ...]
+
+
+WhileWriting = Callable[[Sequence[PostedTransaction]], None]
+"""Work the caller can do on transactions already computed while the database writes them
+(rendering a batch response): called once per written chunk, in order. A retried attempt
+calls it again for its own, new transactions."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +184,7 @@ async def post_transactions(
     *,
     poster: Poster,
     atomic: bool,
+    while_writing: WhileWriting | None = None,
 ) -> list[PostingOutcome]:
     """Post many transactions in order.
 
@@ -207,9 +216,13 @@ async def post_transactions(
         try:
             if use_savepoint:
                 async with session.begin_nested():
-                    posted = await _lock_apply_write(session, community, valid, poster, atomic)
+                    posted = await _lock_apply_write(
+                        session, community, valid, poster, atomic, while_writing
+                    )
             else:
-                posted = await _lock_apply_write(session, community, valid, poster, atomic)
+                posted = await _lock_apply_write(
+                    session, community, valid, poster, atomic, while_writing
+                )
             break
         except IntegrityError:
             raise
@@ -229,80 +242,155 @@ async def _lock_apply_write(
     requests: list[tuple[int, PostingRequest]],
     poster: Poster,
     atomic: bool,
+    while_writing: WhileWriting | None,
 ) -> dict[int, PostingOutcome]:
     account_ids = sorted({account for _, r in requests for account, _ in r.lines})
     states = await _lock_accounts(session, community, account_ids)
 
     outcomes: dict[int, PostingOutcome] = {}
-    transaction_rows: list[dict[str, Any]] = []
-    entry_rows: list[dict[str, Any]] = []
     posted_at = utcnow()
-    for index, request in requests:
-        try:
-            _check_accounts(request, states, community)
-            new_balances = _apply_limits(request, states)
-        except errors.LedgerError as exc:
-            if atomic:
-                exc.index = index
-                raise
-            outcomes[index] = PostingOutcome(index=index, error=exc)
-            continue
-        transaction_id = new_id()
-        entries = []
-        for account_id, minutes in request.lines:
-            state = states[account_id]
-            state.balance = new_balances[account_id]
-            state.version += 1
-            if minutes > 0:
-                state.earned_total += minutes
-            else:
-                state.spent_total -= minutes
-            state.touched = True
-            entries.append(PostedEntry(account_id, minutes, state.balance, state.version))
-            entry_rows.append(
-                {
-                    "transaction_id": transaction_id,
-                    "account_id": account_id,
-                    "amount": minutes,
-                    "balance_after": state.balance,
-                    "account_version": state.version,
-                    "posted_at": posted_at,
-                }
+    writer = _ChunkWriter(session, posted_at, while_writing)
+    transaction_ids = iter(new_ids(len(requests)))
+    try:
+        for index, request in requests:
+            try:
+                _check_accounts(request, states, community)
+                new_balances = _apply_limits(request, states)
+            except errors.LedgerError as exc:
+                if atomic:
+                    exc.index = index
+                    raise
+                outcomes[index] = PostingOutcome(index=index, error=exc)
+                continue
+            transaction_id = next(transaction_ids)
+            entries = []
+            for account_id, minutes in request.lines:
+                state = states[account_id]
+                state.balance = new_balances[account_id]
+                state.version += 1
+                if minutes > 0:
+                    state.earned_total += minutes
+                else:
+                    state.spent_total -= minutes
+                state.touched = True
+                entries.append(PostedEntry(account_id, minutes, state.balance, state.version))
+            posted = PostedTransaction(
+                id=transaction_id,
+                community_id=community.id,
+                kind=request.kind,
+                memo=request.memo,
+                occurred_on=request.occurred_on,
+                details=dict(request.details),
+                posted_at=posted_at,
+                posted_by_user_id=poster.user_id,
+                posted_by_client_id=poster.client_id,
+                reverses_id=request.reverses_id,
+                content_hash=content_hash(transaction_id, community.id, request),
+                entries=tuple(entries),
             )
-        posted = PostedTransaction(
-            id=transaction_id,
-            community_id=community.id,
-            kind=request.kind,
-            memo=request.memo,
-            occurred_on=request.occurred_on,
-            details=dict(request.details),
-            posted_at=posted_at,
-            posted_by_user_id=poster.user_id,
-            posted_by_client_id=poster.client_id,
-            reverses_id=request.reverses_id,
-            content_hash=content_hash(transaction_id, community.id, request),
-            entries=tuple(entries),
-        )
-        transaction_rows.append(
-            {
-                "id": posted.id,
-                "community_id": posted.community_id,
-                "kind": posted.kind.value,
-                "memo": posted.memo,
-                "occurred_on": posted.occurred_on,
-                "details": dict(posted.details),
-                "posted_at": posted_at,
-                "posted_by_user_id": posted.posted_by_user_id,
-                "posted_by_client_id": posted.posted_by_client_id,
-                "reverses_id": posted.reverses_id,
-                "content_hash": posted.content_hash,
-            }
-        )
-        outcomes[index] = PostingOutcome(index=index, posted=posted)
-
-    if transaction_rows:
-        await _write(session, transaction_rows, entry_rows, states, posted_at)
+            outcomes[index] = PostingOutcome(index=index, posted=posted)
+            await writer.add(posted)
+        await writer.finish(states)
+    except BaseException:
+        await writer.abandon()
+        raise
     return outcomes
+
+
+class _ChunkWriter:
+    """Writes posted transactions, their entries and the accounts' new totals.
+
+    On PostgreSQL a batch is written in chunks, each one statement sent while the engine goes
+    on preparing the next chunk (and the caller renders the last one, ``while_writing``): the
+    database inserts chunk *n* while Python works out chunk *n + 1*, so a batch costs roughly
+    the larger of the two, not their sum. The first chunks are small so that the database
+    starts early. At most one statement is in flight and nothing else touches the session
+    meanwhile; a refusal or error waits for it (``abandon``) before the caller rolls back.
+    Elsewhere (SQLite runs in one thread anyway) everything is written at the end in three
+    bulk statements.
+    """
+
+    FIRST_CHUNK = 32
+    CHUNK = 128
+
+    def __init__(
+        self, session: AsyncSession, posted_at: datetime, while_writing: WhileWriting | None
+    ) -> None:
+        self.session = session
+        self.posted_at = posted_at
+        self.while_writing = while_writing
+        self.overlap = session.get_bind().dialect.name == "postgresql"
+        self.chunk = self.FIRST_CHUNK
+        self.pending: list[PostedTransaction] = []
+        self.in_flight: asyncio.Future[Any] | None = None
+
+    async def add(self, posted: PostedTransaction) -> None:
+        self.pending.append(posted)
+        if self.overlap and len(self.pending) >= self.chunk:
+            self.chunk = min(2 * self.chunk, self.CHUNK)
+            await self._send()
+
+    async def finish(self, states: Mapping[uuid.UUID, _AccountState]) -> None:
+        touched = [s for s in states.values() if s.touched]
+        if not touched:
+            await self._drain()
+            return
+        if self.overlap:
+            await self._send(touched)
+            await self._drain()
+        else:
+            if self.while_writing is not None:
+                self.while_writing(self.pending)
+            await _write_three_statements(self.session, self.pending, touched, self.posted_at)
+
+    async def abandon(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._drain()
+
+    async def _drain(self) -> None:
+        if self.in_flight is not None:
+            in_flight, self.in_flight = self.in_flight, None
+            await in_flight
+
+    async def _send(self, touched: Sequence[_AccountState] = ()) -> None:
+        chunk, self.pending = self.pending, []
+        parameters = self._postgres_parameters(chunk, touched)
+        await self._drain()
+        self.in_flight = asyncio.ensure_future(self.session.execute(_WRITE_POSTGRES, parameters))
+        # Let the statement reach the server before going back to Python work.
+        await asyncio.sleep(0)
+        if self.while_writing is not None:
+            self.while_writing(chunk)
+
+    def _postgres_parameters(
+        self, chunk: Sequence[PostedTransaction], touched: Sequence[_AccountState]
+    ) -> dict[str, Any]:
+        entries = [(t.id, e) for t in chunk for e in t.entries]
+        return {
+            "t_id": [t.id for t in chunk],
+            "t_community": [t.community_id for t in chunk],
+            "t_kind": [t.kind.value for t in chunk],
+            "t_memo": [t.memo for t in chunk],
+            "t_occurred": [t.occurred_on for t in chunk],
+            "t_details": [json.dumps(t.details) for t in chunk],
+            "t_posted": [self.posted_at] * len(chunk),
+            "t_user": [t.posted_by_user_id for t in chunk],
+            "t_client": [t.posted_by_client_id for t in chunk],
+            "t_reverses": [t.reverses_id for t in chunk],
+            "t_hash": [t.content_hash for t in chunk],
+            "e_transaction": [transaction_id for transaction_id, _ in entries],
+            "e_account": [e.account_id for _, e in entries],
+            "e_amount": [e.minutes for _, e in entries],
+            "e_balance": [e.balance_after for _, e in entries],
+            "e_version": [e.account_version for _, e in entries],
+            "e_posted": [self.posted_at] * len(entries),
+            "posted_at": self.posted_at,
+            "a_id": [s.id for s in touched],
+            "a_balance": [s.balance for s in touched],
+            "a_version": [s.version for s in touched],
+            "a_earned": [s.earned_total for s in touched],
+            "a_spent": [s.spent_total for s in touched],
+        }
 
 
 _LOCK_ACCOUNTS_POSTGRES = text(
@@ -328,11 +416,34 @@ async def _lock_accounts(
     """
     if session.get_bind().dialect.name == "postgresql":
         rows = await session.execute(_LOCK_ACCOUNTS_POSTGRES, {"ids": account_ids})
-        states: dict[uuid.UUID, _AccountState] = {}
-        for row in rows:
-            if row.community_id == community.id:
-                states[row.id] = _state(row, row.default_min_balance, row.default_max_balance)
-        return states
+        # Positional unpacking: a batch locks up to 2,000 accounts, and named access on
+        # result rows costs more than the query.
+        return {
+            id_: _AccountState(
+                id=id_,
+                status=status,
+                min_balance=default_min if min_balance is None else min_balance,
+                max_balance=default_max if max_balance is None else max_balance,
+                balance=balance,
+                version=version,
+                earned_total=earned,
+                spent_total=spent,
+            )
+            for (
+                id_,
+                community_id,
+                status,
+                min_balance,
+                max_balance,
+                balance,
+                version,
+                earned,
+                spent,
+                default_min,
+                default_max,
+            ) in rows
+            if community_id == community.id
+        }
     c = _accounts.c
     rows = await session.execute(
         select(
@@ -459,49 +570,46 @@ _WRITE_POSTGRES = text(
 )
 
 
-async def _write(
+async def _write_three_statements(
     session: AsyncSession,
-    transaction_rows: list[dict[str, Any]],
-    entry_rows: list[dict[str, Any]],
-    states: Mapping[uuid.UUID, _AccountState],
+    posted: Sequence[PostedTransaction],
+    touched: Sequence[_AccountState],
     posted_at: datetime,
 ) -> None:
-    """Write transactions, entries and account totals: on PostgreSQL in one statement (arrays
-    through ``unnest``: one round trip, one prepared statement for any size); elsewhere in
-    three bulk statements."""
-    touched = [s for s in states.values() if s.touched]
-    if session.get_bind().dialect.name == "postgresql":
-        await session.execute(
-            _WRITE_POSTGRES,
+    await session.execute(
+        insert(_transactions),
+        [
             {
-                "t_id": [t["id"] for t in transaction_rows],
-                "t_community": [t["community_id"] for t in transaction_rows],
-                "t_kind": [t["kind"] for t in transaction_rows],
-                "t_memo": [t["memo"] for t in transaction_rows],
-                "t_occurred": [t["occurred_on"] for t in transaction_rows],
-                "t_details": [json.dumps(t["details"]) for t in transaction_rows],
-                "t_posted": [posted_at] * len(transaction_rows),
-                "t_user": [t["posted_by_user_id"] for t in transaction_rows],
-                "t_client": [t["posted_by_client_id"] for t in transaction_rows],
-                "t_reverses": [t["reverses_id"] for t in transaction_rows],
-                "t_hash": [t["content_hash"] for t in transaction_rows],
-                "e_transaction": [e["transaction_id"] for e in entry_rows],
-                "e_account": [e["account_id"] for e in entry_rows],
-                "e_amount": [e["amount"] for e in entry_rows],
-                "e_balance": [e["balance_after"] for e in entry_rows],
-                "e_version": [e["account_version"] for e in entry_rows],
-                "e_posted": [posted_at] * len(entry_rows),
+                "id": t.id,
+                "community_id": t.community_id,
+                "kind": t.kind.value,
+                "memo": t.memo,
+                "occurred_on": t.occurred_on,
+                "details": dict(t.details),
                 "posted_at": posted_at,
-                "a_id": [s.id for s in touched],
-                "a_balance": [s.balance for s in touched],
-                "a_version": [s.version for s in touched],
-                "a_earned": [s.earned_total for s in touched],
-                "a_spent": [s.spent_total for s in touched],
-            },
-        )
-        return
-    await session.execute(insert(_transactions), transaction_rows)
-    await session.execute(insert(_entries), entry_rows)
+                "posted_by_user_id": t.posted_by_user_id,
+                "posted_by_client_id": t.posted_by_client_id,
+                "reverses_id": t.reverses_id,
+                "content_hash": t.content_hash,
+            }
+            for t in posted
+        ],
+    )
+    await session.execute(
+        insert(_entries),
+        [
+            {
+                "transaction_id": t.id,
+                "account_id": e.account_id,
+                "amount": e.minutes,
+                "balance_after": e.balance_after,
+                "account_version": e.account_version,
+                "posted_at": posted_at,
+            }
+            for t in posted
+            for e in t.entries
+        ],
+    )
     c = _accounts.c
     await session.execute(
         update(_accounts)

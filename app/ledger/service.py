@@ -157,35 +157,12 @@ def _check_occurred_on(data: TransactionCreate) -> None:
 def transaction_read(
     posted: PostedTransaction, reversed_by_id: uuid.UUID | None = None
 ) -> TransactionRead:
-    """The response for a transaction the engine has just posted.
-
-    Built with ``model_construct``: every value comes from the engine already typed (ids,
-    dates, whole minutes), so validating it again would only spend the time a 1,000-item
-    batch response otherwise takes twice over."""
-    return TransactionRead.model_construct(
-        id=posted.id,
-        community_id=posted.community_id,
-        kind=posted.kind,
-        memo=posted.memo,
-        occurred_on=posted.occurred_on,
-        details=dict(posted.details),
-        posted_at=posted.posted_at,
-        posted_by_user_id=posted.posted_by_user_id,
-        posted_by_client_id=posted.posted_by_client_id,
-        reverses_id=posted.reverses_id,
-        reversed_by_id=reversed_by_id,
-        content_hash=posted.content_hash,
-        entries=[
-            EntryRead.model_construct(
-                id=None,
-                account_id=e.account_id,
-                minutes=e.minutes,
-                balance_after=e.balance_after,
-                account_version=e.account_version,
-            )
-            for e in posted.entries
-        ],
-    )
+    """The response for a transaction the engine has just posted, read by pydantic-core
+    straight from the engine's dataclasses (faster than building it field by field in Python,
+    which a 1,000-item batch response does a thousand times)."""
+    read = TransactionRead.model_validate(posted, from_attributes=True)
+    read.reversed_by_id = reversed_by_id
+    return read
 
 
 async def create_transaction(
@@ -219,9 +196,20 @@ async def create_batch(
             requests.append(None)
 
     valid = [(i, r) for i, r in enumerate(requests) if r is not None]
+    rendered: dict[uuid.UUID, TransactionRead] = {}
+
+    def render(chunk: Sequence[PostedTransaction]) -> None:
+        for posted in chunk:
+            rendered[posted.id] = transaction_read(posted)
+
     try:
         outcomes = await post_transactions(
-            session, access.community, [r for _, r in valid], poster=poster, atomic=data.atomic
+            session,
+            access.community,
+            [r for _, r in valid],
+            poster=poster,
+            atomic=data.atomic,
+            while_writing=render,
         )
     except errors.LedgerError as exc:
         if exc.index is None:  # pragma: no cover - the engine names the refused request
@@ -242,7 +230,7 @@ async def create_batch(
             results[index] = BatchItemResult.model_construct(
                 index=index,
                 status="posted",
-                transaction=transaction_read(outcome.posted),
+                transaction=rendered[outcome.posted.id],
                 error=None,
             )
         else:

@@ -11,7 +11,7 @@ from jose import jwt
 
 from app.core.config import Settings
 from app.core.errors import InvalidCursor
-from app.core.ids import new_id, parse_id
+from app.core.ids import new_id, new_ids, parse_id
 from app.core.pagination import decode_cursor, encode_cursor
 from app.core.security import PasswordService, TokenError, TokenService
 from tests.conftest import make_settings
@@ -125,6 +125,24 @@ def test_ids_keep_their_order_when_the_clock_steps_back(monkeypatch: pytest.Monk
     after = [new_id() for _ in range(5000)]  # more than one millisecond's counter holds
     assert [before, *after] == sorted([before, *after])
     assert len(set(after)) == len(after)
+
+
+def test_ids_made_in_bulk_keep_order_with_single_ones_and_each_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = new_id()
+    bulk = new_ids(3000)
+    last = new_id()
+    assert [first, *bulk, last] == sorted([first, *bulk, last])
+    assert len({first, *bulk, last}) == 3002
+    assert all(value.version == 7 and value.variant == uuid.RFC_4122 for value in bulk)
+    # Bulk ids are not one random value repeated: each draws its own random bits.
+    assert len({value.int & 0x3FFF_FFFF_FFFF_FFFF for value in bulk}) == len(bulk)
+    # A frozen clock: more ids than one millisecond's counter holds, still in order.
+    monkeypatch.setattr("app.core.ids.time.time_ns", lambda: 1_000_000_000 * 1_000_000_000)
+    frozen = new_ids(5000)
+    assert frozen == sorted(frozen)
+    assert len(set(frozen)) == 5000
 
 
 def test_ids_embed_their_creation_time() -> None:

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from httpx import AsyncClient
-from sqlalchemy import select, update
+from httpx import AsyncClient, Response
+from sqlalchemy import select, text, update
 
 from app.core.clock import utcnow
+from app.ledger.posting import _ChunkWriter
 from app.models import AccountLimitChange, IdempotencyRecord
 from tests.factories import Api, expect
 from tests.ledger.helpers import (
@@ -773,6 +774,72 @@ async def test_a_batch_takes_a_thousand_transactions_and_no_more(
     assert (account["balance"], account["version"]) == (0, 1000)
     assert (account["earned_total"], account["spent_total"]) == (500, 500)
     await check_books(app, limits_unchanged=True)
+
+
+async def test_a_batch_written_in_several_chunks_is_still_all_or_nothing(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """The engine writes a long batch in chunks while it prepares the next; a refusal far into
+    the batch must still leave nothing of the chunks already sent, and a non-atomic batch must
+    keep every account's running balance and version unbroken across chunk boundaries."""
+    api = Api(client, app)
+    books = await open_books(api, members=3, logins=False)
+    a, b, c = (m.account_id for m in books.members)
+    url = f"/v1/communities/{books.id}/transactions/batch"
+    size = 3 * _ChunkWriter.CHUNK + 17
+    late = size - 5
+    over_limit = _entries((b, -590_000), (c, 590_000))
+
+    def moved(i: int) -> int:  # alternating directions keep both balances near zero
+        return (1 + i % 7) * (1 if i % 2 else -1)
+
+    async def post_batch(refusals: tuple[int, ...], *, atomic: bool) -> Response:
+        items = [{"entries": _entries((a, moved(i)), (b, -moved(i)))} for i in range(size)]
+        for index in refusals:
+            items[index] = {"entries": over_limit}
+        return await client.post(
+            url,
+            json={"atomic": atomic, "transactions": items},
+            headers={**books.admin.headers, "Idempotency-Key": str(uuid.uuid4())},
+        )
+
+    before = await books_snapshot(app)
+    problem = refused(await post_batch((late,), atomic=True), 422, "batch_refused")
+    assert (problem["index"], problem["reason"]) == (late, "insufficient_balance")
+    assert await books_snapshot(app) == before
+
+    refusals = (5, _ChunkWriter.CHUNK, 2 * _ChunkWriter.CHUNK + 1, late)
+    result = expect(await post_batch(refusals, atomic=False), 200)
+    assert (result["posted"], result["refused"]) == (size - len(refusals), len(refusals))
+    refused_at = [r["index"] for r in result["results"] if r["status"] == "refused"]
+    assert refused_at == list(refusals)
+    versions = [
+        r["transaction"]["entries"][0]["account_version"]
+        for r in result["results"]
+        if r["status"] == "posted"
+    ]
+    assert versions == list(range(1, size - len(refusals) + 1))
+    net = sum(moved(i) for i in range(size) if i not in refusals)
+    assert [await balance(client, x, books.admin) for x in (a, b, c)] == [net, -net, 0]
+    after = await books_snapshot(app)
+    assert after.entries == before.entries + 2 * (size - len(refusals))
+    await check_books(app, limits_unchanged=True)
+
+
+async def test_stored_responses_are_compressed_with_lz4_on_postgresql(app: FastAPI) -> None:
+    """A 1,000-item batch stores half a megabyte of response with its key, inside the posting's
+    transaction: migration 0006 makes PostgreSQL compress it with lz4 rather than pglz."""
+    if app.state.engine.dialect.name != "postgresql":
+        pytest.skip("a PostgreSQL column setting")
+    async with app.state.engine.connect() as connection:
+        method = await connection.scalar(
+            text(
+                "SELECT CAST(attcompression AS text) FROM pg_attribute"
+                " WHERE attname = 'response_body'"
+                " AND attrelid = CAST('idempotency_records' AS regclass)"
+            )
+        )
+    assert method == "l"
 
 
 async def test_a_retry_with_fields_and_details_in_another_order_replays(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import secrets
+import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,6 +25,7 @@ from app.core.config import Settings
 JWT_ALGORITHM = "HS256"
 JWT_ALGORITHMS = [JWT_ALGORITHM]
 ACCESS_TOKEN_TYPE = "access"  # noqa: S105 - a claim value, not a secret
+VERIFIED_TOKEN_CACHE_SIZE = 4096  # tokens in use at once per worker, most recent kept
 
 
 class PasswordService:
@@ -70,6 +73,7 @@ class TokenService:
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
         self._ttl = timedelta(seconds=settings.access_token_ttl_seconds)
+        self._verified: OrderedDict[str, AccessClaims] = OrderedDict()
 
     @property
     def access_ttl_seconds(self) -> int:
@@ -92,6 +96,26 @@ class TokenService:
         return str(jwt.encode(claims, self._secret, algorithm=JWT_ALGORITHM))
 
     def decode_access_token(self, token: str) -> AccessClaims:
+        """The claims of a valid access token, or ``TokenError`` saying why it is refused.
+
+        A token verified before is answered from a bounded cache keyed by its exact text (every
+        authenticated request presents one, and verifying costs more than a database round
+        trip); only its expiry can change, and that is checked again on every use.
+        """
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._verify(token)
+            self._verified[token] = claims
+            if len(self._verified) > VERIFIED_TOKEN_CACHE_SIZE:
+                self._verified.popitem(last=False)
+        elif claims.expires_at.timestamp() < time.time():
+            del self._verified[token]
+            raise TokenError("the token has expired")
+        else:
+            self._verified.move_to_end(token)
+        return claims
+
+    def _verify(self, token: str) -> AccessClaims:
         try:
             header = jwt.get_unverified_header(token)
         except JWTError as exc:

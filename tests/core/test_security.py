@@ -13,7 +13,7 @@ from app.core.config import Settings
 from app.core.errors import InvalidCursor
 from app.core.ids import new_id, new_ids, parse_id
 from app.core.pagination import decode_cursor, encode_cursor
-from app.core.security import PasswordService, TokenError, TokenService
+from app.core.security import AccessClaims, PasswordService, TokenError, TokenService
 from tests.conftest import make_settings
 
 
@@ -62,6 +62,49 @@ def test_an_access_token_round_trips_its_subject_and_scopes(tokens: TokenService
     assert claims.subject == "user-1"
     assert claims.scopes == {"ledger:read", "members:read"}
     assert claims.expires_at - claims.issued_at == timedelta(seconds=tokens.access_ttl_seconds)
+
+
+def test_a_verified_token_is_remembered_but_still_expires(
+    fast_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens = TokenService(fast_settings)
+    token = tokens.issue_access_token("user-1", frozenset({"ledger:read"}))
+    first = tokens.decode_access_token(token)
+    verifications = 0
+    verify = tokens._verify
+
+    def counting(raw: str) -> AccessClaims:
+        nonlocal verifications
+        verifications += 1
+        return verify(raw)
+
+    monkeypatch.setattr(tokens, "_verify", counting)
+    assert tokens.decode_access_token(token) == first
+    assert verifications == 0  # answered from the cache
+    # Any other text is verified afresh: a flipped signature character is refused.
+    header, payload, signature = token.split(".")
+    flipped = f"{header}.{payload}.{signature[:-2]}{'A' if signature[-2] != 'A' else 'B'}"
+    flipped += signature[-1]
+    with pytest.raises(TokenError, match="signature"):
+        tokens.decode_access_token(flipped)
+    assert verifications == 1
+    # Past its expiry the remembered token is refused, and forgotten.
+    later = first.expires_at.timestamp() + 1
+    monkeypatch.setattr("app.core.security.time.time", lambda: later)
+    with pytest.raises(TokenError, match="expired"):
+        tokens.decode_access_token(token)
+    assert token not in tokens._verified
+
+
+def test_the_verified_token_cache_is_bounded(
+    fast_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("app.core.security.VERIFIED_TOKEN_CACHE_SIZE", 3)
+    tokens = TokenService(fast_settings)
+    issued = [tokens.issue_access_token(f"user-{i}") for i in range(5)]
+    for token in issued:
+        tokens.decode_access_token(token)
+    assert list(tokens._verified) == issued[2:]
 
 
 def _forge(fast_settings: Settings, **changes: object) -> str:

@@ -21,6 +21,9 @@ from pydantic import (
 PublicId = Annotated[uuid.UUID, WithJsonSchema({"type": "string"}, mode="serialization")]
 
 
+_SCALARS = frozenset({int, float, bool})
+
+
 def _has_nul(value: Any) -> bool:
     if isinstance(value, str):
         return "\x00" in value
@@ -62,10 +65,18 @@ class InputModel(BaseModel):
     def _no_nul_characters(cls, data: Any) -> Any:
         if isinstance(data, dict):
             nested = cls._nested_input_keys()
-            found = any(
-                _has_nul(key) or (key not in nested and _has_nul(value))
-                for key, value in data.items()
-            )
+            found = False
+            for key, value in data.items():
+                if _has_nul(key):
+                    found = True
+                elif key in nested or value is None or value.__class__ in _SCALARS:
+                    continue  # nested models check themselves; numbers hold no text
+                elif value.__class__ is str:
+                    found = "\x00" in value
+                else:
+                    found = _has_nul(value)
+                if found:
+                    break
         else:
             found = _has_nul(data)
         if found:

@@ -244,7 +244,8 @@ async def _lock_apply_write(
     atomic: bool,
     while_writing: WhileWriting | None,
 ) -> dict[int, PostingOutcome]:
-    account_ids = sorted({account for _, r in requests for account, _ in r.lines})
+    # Locked in ascending id order by the statement itself (ORDER BY id), not by this list.
+    account_ids = list({account for _, r in requests for account, _ in r.lines})
     states = await _lock_accounts(session, community, account_ids)
 
     outcomes: dict[int, PostingOutcome] = {}

@@ -64,6 +64,10 @@ class LedgerSeal(IdMixin, CreatedAtMixin, Base):
     # None before incremental verification existed, or on SQLite): see docs/seals.md. Folded
     # into chained_digest, so editing it is as visible as editing the digests.
     census: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
+    # Each account's [entries, total, earned, spent] over the entries the census counts as
+    # old (PostgreSQL; only on the latest seal): the next run adds the fresh entries to them.
+    # Their digest is in the census. Deferred: verifying the chain never loads them.
+    account_totals: Mapped[dict[str, list[int]] | None] = mapped_column(JSONDocument, deferred=True)
 
 
 class ExternalRecordMatch(IdMixin, CreatedAtMixin, Base):

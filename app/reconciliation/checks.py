@@ -44,7 +44,7 @@ from app.models import (
 from app.models.exchanges import ExchangeStatus, Resolution
 from app.models.ledger import AccountKind, TransactionKind
 from app.reconciliation.findings import CheckResult, Finding
-from app.reconciliation.seals import Fresh
+from app.reconciliation.seals import TOTALS_COLUMNS, TOTALS_CTES, Fresh, figures_sql
 
 POSTED_EXCHANGE_STATUSES = (
     ExchangeStatus.confirmed.value,
@@ -144,7 +144,7 @@ async def community_sums(
     session: AsyncSession, community_id: uuid.UUID | None, fresh: Fresh | None = None
 ) -> CheckResult:
     result = CheckResult("balances_sum_to_zero", "Within each community, all balances sum to 0.")
-    for row in await _account_pass(session, community_id):
+    for row in await _account_pass(session, community_id, fresh):
         if row.kind != "community":
             continue
         if row.balance != 0:
@@ -168,13 +168,35 @@ async def community_sums(
     return result
 
 
-async def _account_pass(session: AsyncSession, community_id: uuid.UUID | None) -> list[Any]:
+async def _account_pass(
+    session: AsyncSession, community_id: uuid.UUID | None, fresh: Fresh | None = None
+) -> list[Any]:
     """One pass over entries grouped by account for both cached_totals (the accounts whose
     cached figures differ) and community_sums (communities whose cached balances or entries
     do not sum to zero); made once per run's snapshot and shared."""
     cached = session.info.get("account_pass")
     if cached is not None and cached[0] == community_id:
         return list(cached[1])
+    if fresh is not None and fresh.totals_of is not None:
+        # Incremental: every account's figures are the last seal's totals plus the fresh
+        # entries; the entries the census vouches for are not summed again.
+        # The same statement makes the next seal's totals, should the run seal.
+        params = {
+            "seal": str(fresh.totals_of),
+            "fresh_entries": fresh.entry_ids,
+            "fresh_now": fresh.entry_ids_now,
+        }
+        statement = _ACCOUNTS_FROM_TOTALS.format(
+            figures=figures_sql(fresh.totals_of), totals=TOTALS_CTES, columns=TOTALS_COLUMNS
+        )
+        rows = []
+        for row in await session.execute(text(statement), params):
+            if row.kind == "totals":
+                session.info["account_totals"] = (fresh, (row.totals, row.digest))
+            else:
+                rows.append(row)
+        session.info["account_pass"] = (community_id, rows)
+        return rows
     earned = func.sum(case((Entry.amount > 0, Entry.amount), else_=0))
     spent = func.sum(case((Entry.amount < 0, -Entry.amount), else_=0))
     sums = (
@@ -242,9 +264,35 @@ async def _account_pass(session: AsyncSession, community_id: uuid.UUID | None) -
         .group_by(c.community_id)
         .having(or_(func.sum(c.balance) != 0, func.sum(c.e_total) != 0))
     )
-    rows = list(await session.execute(union_all(accounts, communities)))
+    rows = list((await session.execute(union_all(accounts, communities))).all())
     session.info["account_pass"] = (community_id, rows)
     return rows
+
+
+# The same rows as the account pass below, from figures_sql (incremental runs only, which are
+# whole-ledger runs), and a last one with the next seal's account totals.
+_ACCOUNTS_FROM_TOTALS = """
+WITH figures AS ({figures}),
+joined AS (
+  SELECT a.id, a.community_id, a.balance, a.version, a.earned_total, a.spent_total,
+    CAST(coalesce(f.t, 0) AS bigint) AS e_total, CAST(coalesce(f.n, 0) AS bigint) AS e_count,
+    CAST(coalesce(f.earned, 0) AS bigint) AS e_earned,
+    CAST(coalesce(f.spent, 0) AS bigint) AS e_spent
+  FROM accounts a LEFT JOIN figures f ON f.account_id = a.id
+),
+{totals}
+SELECT 'account' AS kind, id, balance, version, earned_total, spent_total, e_total, e_count,
+  e_earned, e_spent, NULL AS totals, NULL AS digest
+FROM joined
+WHERE balance <> e_total OR version <> e_count OR earned_total <> e_earned
+  OR spent_total <> e_spent
+UNION ALL
+SELECT 'community', community_id, CAST(sum(balance) AS bigint), NULL, NULL, NULL,
+  CAST(sum(e_total) AS bigint), NULL, NULL, NULL, NULL, NULL
+FROM joined GROUP BY community_id HAVING sum(balance) <> 0 OR sum(e_total) <> 0
+UNION ALL
+SELECT 'totals', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, {columns} FROM totals
+"""
 
 
 async def cached_totals(
@@ -254,7 +302,7 @@ async def cached_totals(
         "cached_totals",
         "Each account's cached balance, version and earned/spent totals equal what its entries give.",
     )
-    for row in await _account_pass(session, community_id):
+    for row in await _account_pass(session, community_id, fresh):
         if row.kind != "account":
             continue
         result.add(
@@ -565,27 +613,49 @@ async def exchanges_posted_once(
         "exchanges_posted_once",
         "Confirmed exchanges have exactly one posted exchange transaction; others have none.",
     )
-    rows = await session.execute(
-        select(
-            Exchange.id, Exchange.status, Exchange.transaction_id, Transaction.id, Transaction.kind
-        )
-        .outerjoin(Transaction, Transaction.id == Exchange.transaction_id)
-        .where(_in_community(Exchange.community_id, community_id))
-        .where(
-            or_(
-                and_(
-                    Exchange.status.in_(POSTED_EXCHANGE_STATUSES),
-                    or_(
-                        Transaction.id.is_(None), Transaction.kind != TransactionKind.exchange.value
-                    ),
-                ),
-                and_(
-                    ~Exchange.status.in_(POSTED_EXCHANGE_STATUSES),
-                    Exchange.transaction_id.is_not(None),
-                ),
+    unclaimed_possible = True
+    if fresh is not None:
+        # Incremental (whole ledger): each exchange's transactions through the primary key,
+        # and, instead of looking through every transaction for an unclaimed one, a count:
+        # when the distinct exchange transactions claimed number as many as the exchange
+        # transaction rows (counted by the census scan), none is unclaimed.
+        probed = list(
+            await session.execute(
+                text(_EXCHANGES_BY_INDEX),
+                {"posted": list(POSTED_EXCHANGE_STATUSES), "reversed": Resolution.reversed.value},
             )
         )
-    )
+        rows: Any = [r[1:6] for r in probed if r.part == "posted"]
+        reversed_without: Any = [(r[1], r[3], r[6]) for r in probed if r.part == "reversed"]
+        claimed = next(r.claimed for r in probed if r.part == "claimed")
+        unclaimed_possible = claimed != fresh.exchange_transactions
+    else:
+        rows = await session.execute(
+            select(
+                Exchange.id,
+                Exchange.status,
+                Exchange.transaction_id,
+                Transaction.id,
+                Transaction.kind,
+            )
+            .outerjoin(Transaction, Transaction.id == Exchange.transaction_id)
+            .where(_in_community(Exchange.community_id, community_id))
+            .where(
+                or_(
+                    and_(
+                        Exchange.status.in_(POSTED_EXCHANGE_STATUSES),
+                        or_(
+                            Transaction.id.is_(None),
+                            Transaction.kind != TransactionKind.exchange.value,
+                        ),
+                    ),
+                    and_(
+                        ~Exchange.status.in_(POSTED_EXCHANGE_STATUSES),
+                        Exchange.transaction_id.is_not(None),
+                    ),
+                )
+            )
+        )
     for exchange_id, status, transaction_ref, found_id, kind in rows:
         result.add(
             Finding(
@@ -601,12 +671,14 @@ async def exchanges_posted_once(
                 found=kind,
             )
         )
-    unclaimed = await session.execute(
-        select(Transaction.id)
-        .where(Transaction.kind == TransactionKind.exchange.value)
-        .where(_in_community(Transaction.community_id, community_id))
-        .where(~select(Exchange.id).where(Exchange.transaction_id == Transaction.id).exists())
-    )
+    unclaimed: Any = []
+    if unclaimed_possible:
+        unclaimed = await session.execute(
+            select(Transaction.id)
+            .where(Transaction.kind == TransactionKind.exchange.value)
+            .where(_in_community(Transaction.community_id, community_id))
+            .where(~select(Exchange.id).where(Exchange.transaction_id == Transaction.id).exists())
+        )
     for (transaction_id,) in unclaimed:
         result.add(
             Finding(
@@ -616,13 +688,16 @@ async def exchanges_posted_once(
                 found=0,
             )
         )
-    reversed_without = await session.execute(
-        select(Exchange.id, Exchange.reversal_transaction_id, Transaction.reverses_id)
-        .outerjoin(Transaction, Transaction.id == Exchange.reversal_transaction_id)
-        .where(_in_community(Exchange.community_id, community_id))
-        .where(Exchange.resolution == Resolution.reversed.value)
-        .where(or_(Transaction.id.is_(None), Transaction.reverses_id != Exchange.transaction_id))
-    )
+    if fresh is None:
+        reversed_without = await session.execute(
+            select(Exchange.id, Exchange.reversal_transaction_id, Transaction.reverses_id)
+            .outerjoin(Transaction, Transaction.id == Exchange.reversal_transaction_id)
+            .where(_in_community(Exchange.community_id, community_id))
+            .where(Exchange.resolution == Resolution.reversed.value)
+            .where(
+                or_(Transaction.id.is_(None), Transaction.reverses_id != Exchange.transaction_id)
+            )
+        )
     for exchange_id, reversal_id, reverses in reversed_without:
         result.add(
             Finding(
@@ -636,6 +711,35 @@ async def exchanges_posted_once(
             )
         )
     return result
+
+
+# exchanges_posted_once, incrementally: the same two findings as its statements, and the
+# number of distinct exchange transactions that some exchange claims.
+_EXCHANGES_BY_INDEX = """
+WITH x AS (
+  SELECT x.id, x.status, x.transaction_id, t.id AS found_id, t.kind, x.resolution,
+    x.reversal_transaction_id, r.id AS reversal_found, r.reverses_id
+  FROM exchanges x
+  LEFT JOIN LATERAL (SELECT id, kind FROM transactions WHERE id = x.transaction_id OFFSET 0) AS t
+    ON true
+  LEFT JOIN LATERAL (
+    SELECT id, reverses_id FROM transactions WHERE id = x.reversal_transaction_id OFFSET 0
+  ) AS r ON true
+)
+SELECT 'posted' AS part, id, status, transaction_id, found_id, kind,
+  CAST(NULL AS uuid) AS reverses_id, CAST(NULL AS bigint) AS claimed
+FROM x
+WHERE (status = ANY(CAST(:posted AS text[])) AND (found_id IS NULL OR kind <> 'exchange'))
+  OR (status <> ALL(CAST(:posted AS text[])) AND transaction_id IS NOT NULL)
+UNION ALL
+SELECT 'reversed', id, status, reversal_transaction_id, NULL, NULL, reverses_id, NULL
+FROM x
+WHERE resolution = :reversed AND (reversal_found IS NULL OR reverses_id <> transaction_id)
+UNION ALL
+SELECT 'claimed', NULL, NULL, NULL, NULL, NULL, NULL,
+  count(DISTINCT found_id) FILTER (WHERE kind = 'exchange')
+FROM x
+"""
 
 
 async def idempotency_records(
@@ -804,7 +908,7 @@ async def _transaction_pass(
             "(SELECT * FROM entries WHERE transaction_id = fresh.id OFFSET 0) AS entries"
         )
         params["fresh"] = [str(t) for t in fresh.transaction_ids]
-    rows = list(await session.execute(text(_PER_TRANSACTION_SQL.format(**filters)), params))
+    rows = list((await session.execute(text(_PER_TRANSACTION_SQL.format(**filters)), params)).all())
     session.info["transaction_pass"] = (community_id, fresh, rows)
     return rows
 

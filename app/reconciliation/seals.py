@@ -19,6 +19,7 @@ import asyncio
 import bisect
 import hashlib
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -330,8 +331,8 @@ _COUNTS = (
     "SELECT * FROM "
     "(SELECT count(*), count(*) FILTER (WHERE {fresh}), count(*) FILTER (WHERE {fresh_now}) "
     "FROM entries r) AS e CROSS JOIN "
-    "(SELECT count(*), count(*) FILTER (WHERE {fresh}), count(*) FILTER (WHERE {fresh_now}) "
-    "FROM transactions r) AS t"
+    "(SELECT count(*), count(*) FILTER (WHERE {fresh}), count(*) FILTER (WHERE {fresh_now}), "
+    "count(*) FILTER (WHERE r.kind = 'exchange') FROM transactions r) AS t"
 )
 # Where fresh rows are expected, reached through indexes: entries above the last seal's mark,
 # the rows the census listed, and the transactions of the fresh entries. When the counts say
@@ -408,12 +409,18 @@ async def take_census(
     reference: int,
     full_verified_at: datetime | None,
     seed: CensusSeed | None = None,
-) -> dict[str, Any] | None:
+    fresh: Fresh | None = None,
+) -> tuple[dict[str, Any] | None, str | None]:
     """What this run's snapshot holds, by row version, for the seal it is about to make:
     rows older than ``reference`` (census_reference) are counted, the few fresher ones listed
-    by id. An incremental run has counted and classified them already (``seed``)."""
+    by id; and each account's figures over the old entries (the seal's ``account_totals``,
+    as jsonb text; their digest goes in the census). An incremental run has counted and
+    classified the rows already (``seed``), and takes the figures from the last seal's
+    totals (``fresh``)."""
+    totals_of = fresh.totals_of if fresh is not None else None
+    fresh_entries = fresh.entry_ids if fresh is not None else None
     if session.get_bind().dialect.name != "postgresql":
-        return None
+        return None, None
     if seed is None:
         seed = await _census_seed(session, reference, reference, CENSUS_LIST_LIMIT + 1)
     census: dict[str, Any] = {
@@ -423,11 +430,90 @@ async def take_census(
         "full_verified_at": (full_verified_at or utcnow()).isoformat(),
     }
     for table in ("entries", "transactions"):
-        fresh = seed.fresh_now[table]
-        if len(fresh) > CENSUS_LIST_LIMIT:
-            return None
-        census[table] = {"before": seed.totals[table] - len(fresh), "fresh": sorted(fresh)}
-    return census
+        listed = seed.fresh_now[table]
+        if len(listed) > CENSUS_LIST_LIMIT:
+            return None, None
+        census[table] = {"before": seed.totals[table] - len(listed), "fresh": sorted(listed)}
+    made = session.info.get("account_totals")  # by the checks' account pass, incrementally
+    if made is not None and made[0] is fresh:
+        account_totals, census["account_totals"] = made[1]
+        return census, account_totals
+    fresh_now = [int(e["id"]) for e in seed.entries if e["fresh_now"]]  # the others are old
+    params = {"seal": str(totals_of), "fresh_entries": fresh_entries or [], "fresh_now": fresh_now}
+    statement = _new_totals_sql(totals_of)
+    account_totals, census["account_totals"] = (
+        await session.execute(text(statement), params)
+    ).one()
+    return census, account_totals
+
+
+# Each account's [entries, total, earned, spent] (docs/seals.md, "Account totals"). In full, by
+# the account ids the entries name (whether or not the account row exists), as the checks'
+# account pass sums them; incrementally, the last seal's totals plus the fresh entries.
+_FIGURES = (
+    "SELECT account_id, count(*) AS n, sum(amount) AS t, "
+    "coalesce(sum(amount) FILTER (WHERE amount > 0), 0) AS earned, "
+    "coalesce(-sum(amount) FILTER (WHERE amount < 0), 0) AS spent FROM {entries} "
+    "GROUP BY account_id"
+)
+_ENTRIES_BY_ID = (
+    "(SELECT e.* FROM unnest(CAST(:{ids} AS bigint[])) AS f(id) CROSS JOIN LATERAL "
+    "(SELECT account_id, amount FROM entries WHERE id = f.id OFFSET 0) AS e) AS e"
+)
+_SEAL_TOTALS = (
+    "SELECT CAST(key AS uuid) AS account_id, CAST(value->>0 AS bigint) AS n, "
+    "CAST(value->>1 AS bigint) AS t, CAST(value->>2 AS bigint) AS earned, "
+    "CAST(value->>3 AS bigint) AS spent "
+    "FROM ledger_seals, jsonb_each(ledger_seals.account_totals) "
+    "WHERE ledger_seals.id = CAST(:seal AS uuid)"
+)
+
+
+def figures_sql(totals_of: uuid.UUID | None) -> str:
+    """A statement giving every account's figures over all its entries: summed from the
+    entries, or (``totals_of``, a seal whose census held) that seal's account totals plus the
+    fresh entries (parameters ``seal`` and ``fresh_entries``, their ids)."""
+    if totals_of is None:
+        return _FIGURES.format(entries="entries")
+    fresh = _FIGURES.format(entries=_ENTRIES_BY_ID.format(ids="fresh_entries"))
+    return (
+        "SELECT account_id, sum(n) AS n, sum(t) AS t, sum(earned) AS earned, "  # noqa: S608
+        f"sum(spent) AS spent FROM ({_SEAL_TOTALS} UNION ALL {fresh}) AS x GROUP BY account_id"
+    )
+
+
+# The new seal's totals, over the entries its census counts as old: every entry's figures
+# less those of the fresh ones. Built, and digested, by PostgreSQL: jsonb prints one way
+# only, so the digest of what is stored (TOTALS_DIGEST) is the digest of this text.
+TOTALS_CTES = (
+    "gone AS (" + _FIGURES.format(entries=_ENTRIES_BY_ID.format(ids="fresh_now")) + "), "
+    "kept AS (SELECT f.account_id, f.n - coalesce(g.n, 0) AS n, f.t - coalesce(g.t, 0) AS t, "
+    "f.earned - coalesce(g.earned, 0) AS earned, f.spent - coalesce(g.spent, 0) AS spent "
+    "FROM figures f LEFT JOIN gone g ON g.account_id = f.account_id), "
+    "totals AS (SELECT coalesce(jsonb_object_agg(account_id, jsonb_build_array(n, t, earned, "
+    "spent)) FILTER (WHERE n <> 0 OR t <> 0 OR earned <> 0 OR spent <> 0), '{}') AS j "
+    "FROM kept)"
+)
+TOTALS_COLUMNS = (
+    "CAST(j AS text) AS totals, "
+    "encode(sha256(convert_to(CAST(j AS text), 'UTF8')), 'hex') AS digest"
+)
+
+
+def _new_totals_sql(totals_of: uuid.UUID | None) -> str:
+    return (
+        f"WITH figures AS ({figures_sql(totals_of)}), {TOTALS_CTES} "  # noqa: S608
+        f"SELECT {TOTALS_COLUMNS} FROM totals"
+    )
+
+
+STORE_TOTALS = text(
+    "UPDATE ledger_seals SET account_totals = CAST(:totals AS jsonb) WHERE id = :id"
+)
+TOTALS_DIGEST = text(
+    "SELECT encode(sha256(convert_to(CAST(account_totals AS text), 'UTF8')), 'hex') "
+    "FROM ledger_seals WHERE id = :id AND jsonb_typeof(account_totals) = 'object'"
+)
 
 
 @dataclass
@@ -435,19 +521,41 @@ class CensusSeed:
     """Every row counted, and the rows fresh to either reference fetched, in one snapshot."""
 
     totals: dict[str, int]
-    # id, transaction_id, account_id, account_version, amount, balance_after, fresh, fresh_now
+    # Driver rows (read by name): id, transaction_id, account_id, account_version, amount,
+    # balance_after, fresh, fresh_now
     entries: list[Any]
     transactions: list[Any]  # id, kind, reverses_id, fresh, fresh_now
     # The ids of old rows found beside the fresh transactions (the same id twice: a copy), or
     # None when the fresh rows were found by the predicate, so no old copies were looked for.
     old_transaction_ids: set[Any] | None = None
+    # Transaction rows of kind exchange (the same scan counts them, for exchanges_posted_once).
+    exchange_transactions: int = 0
 
     @property
     def fresh_now(self) -> dict[str, list[str]]:
         return {
-            "entries": [str(r.id) for r in self.entries if r.fresh_now],
-            "transactions": [str(r.id) for r in self.transactions if r.fresh_now],
+            "entries": [str(r["id"]) for r in self.entries if r["fresh_now"]],
+            "transactions": [str(r["id"]) for r in self.transactions if r["fresh_now"]],
         }
+
+
+_PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+async def _fetch(session: AsyncSession, statement: str, params: dict[str, Any]) -> list[Any]:
+    """Rows straight from the driver (asyncpg records, read by name: ``row["id"]``), in the
+    session's transaction: for the thousands of fresh rows, SQLAlchemy's result rows cost
+    more than the query itself. ``:name`` parameters become asyncpg's ``$n``."""
+    names: dict[str, int] = {}
+
+    def number(match: re.Match[str]) -> str:
+        return f"${names.setdefault(match.group(1), len(names) + 1)}"
+
+    numbered = _PARAMETER.sub(number, statement)
+    raw = await (await session.connection()).get_raw_connection()
+    driver: Any = raw.driver_connection
+    rows: list[Any] = await driver.fetch(numbered, *(params[n] for n in names))
+    return rows
 
 
 @dataclass
@@ -484,28 +592,27 @@ async def _census_seed(
                 where = {"high": expected.high_water, "ids": [int(i) for i in expected.entries]}
             else:
                 listed = {uuid.UUID(i) for i in expected.transactions}
-                where = {"ids": list(listed | {e.transaction_id for e in found["entries"]})}
+                where = {"ids": list(listed | {e["transaction_id"] for e in found["entries"]})}
             statement = _CANDIDATES[table].format(columns=_CENSUS_TABLES[table], **predicates)
-            rows = list(
-                await session.execute(text(statement), params | where | {"limit": limit + 1})
-            )
+            rows = await _fetch(session, statement, params | where | {"limit": limit + 1})
             if (
                 len(rows) > limit
-                or sum(1 for r in rows if r.fresh) != fresh_count
-                or sum(1 for r in rows if r.fresh_now) != fresh_now_count
+                or sum(1 for r in rows if r["fresh"]) != fresh_count
+                or sum(1 for r in rows if r["fresh_now"]) != fresh_now_count
             ):
                 rows = None  # fresh rows elsewhere: find them by the predicate
         if rows is None:
             statement = _FRESH_ROWS.format(table=table, columns=_CENSUS_TABLES[table], **predicates)
-            rows = list(await session.execute(text(statement), params | {"limit": limit}))
+            rows = await _fetch(session, statement, params | {"limit": limit})
         else:
-            seen[table] = {r.id for r in rows if not (r.fresh or r.fresh_now)}
-        found[table] = [r for r in rows if r.fresh or r.fresh_now]
+            seen[table] = {r["id"] for r in rows if not (r["fresh"] or r["fresh_now"])}
+        found[table] = [r for r in rows if r["fresh"] or r["fresh_now"]]
     return CensusSeed(
         totals=totals,
         entries=found["entries"],
         transactions=found["transactions"],
         old_transaction_ids=seen.get("transactions"),
+        exchange_transactions=int(counts[6]),
     )
 
 
@@ -520,6 +627,15 @@ class Fresh:
     entry_ids_to_rehash: list[int]
     # Each account with a fresh entry, and the lowest version among its fresh entries.
     chain_starts: dict[uuid.UUID, int]
+    # The last seal, when it kept account totals (each account's figures over the entries its
+    # census counts as old, all still there unchanged): with the fresh entries they give every
+    # account's figures (figures_sql). None when it kept none.
+    totals_of: uuid.UUID | None = None
+    # The entries fresh to this run's own census reference (the next seal's census lists them,
+    # and leaves them out of its account totals).
+    entry_ids_now: list[int] = field(default_factory=list)
+    # How many transaction rows are of kind exchange (counted by the census scan).
+    exchange_transactions: int = 0
 
 
 @dataclass
@@ -545,11 +661,23 @@ class Plan:
 
 def _chain_starts(entries: list[Any]) -> dict[uuid.UUID, int]:
     starts: dict[uuid.UUID, int] = {}
-    for entry in entries:
-        starts[entry.account_id] = min(
-            entry.account_version, starts.get(entry.account_id, entry.account_version)
-        )
+    for account, version in sorted(
+        ((e["account_id"], e["account_version"]) for e in entries), key=lambda e: -e[1]
+    ):
+        starts[account] = version  # the lowest last
     return starts
+
+
+async def _totals(session: AsyncSession, last_seal: LedgerSeal) -> tuple[bool, str | None]:
+    """Whether the last seal kept account totals that match the digest in its census; and,
+    when they do not, the digest they were found to have."""
+    digest = (last_seal.census or {}).get("account_totals")
+    if digest is None:
+        return False, None
+    found = await session.scalar(TOTALS_DIGEST, {"id": last_seal.id})
+    if found is None:
+        return False, None
+    return found == digest, None if found == digest else str(found)
 
 
 async def plan_verification(
@@ -589,14 +717,14 @@ async def plan_verification(
         FRESH_LIMIT + 1,
         Expected(last_seal.high_water, census["entries"]["fresh"], census["transactions"]["fresh"]),
     )
-    entries = [row for row in seed.entries if row.fresh]
-    fresh_transactions = [row for row in seed.transactions if row.fresh]
-    fresh_rows = {row.id for row in fresh_transactions}
+    entries = [row for row in seed.entries if row["fresh"]]
+    fresh_transactions = [row for row in seed.transactions if row["fresh"]]
+    fresh_rows = {row["id"] for row in fresh_transactions}
     if len(seed.entries) > FRESH_LIMIT or len(seed.transactions) > FRESH_LIMIT:
         return Plan("full", "Too many rows written since the last seal to be worth comparing.")
     totals = seed.totals
     fresh_ids = {
-        "entries": {str(e.id) for e in entries},
+        "entries": {str(e["id"]) for e in entries},
         "transactions": {str(t) for t in fresh_rows},
     }
     # Rows, not ids: with its primary key dropped, or through a child table (INHERITS), a
@@ -612,7 +740,17 @@ async def plan_verification(
         listed_gone = len(set(census[table]["fresh"]) - fresh_ids[table])
         gone[table] = abs(older_gone) + listed_gone
     if all(n == 0 for n in gone.values()):
-        transaction_ids = list(fresh_rows | {e.transaction_id for e in entries})
+        kept, altered = await _totals(session, last_seal)
+        if altered is not None:
+            return _census_broken(
+                last_seal,
+                "The account totals kept with the last seal do not match its census.",
+                "The account totals kept with the last seal were altered behind the service: "
+                "their digest is not the one in its census.",
+                expected={"account_totals": census["account_totals"]},
+                found={"account_totals": altered},
+            )
+        transaction_ids = list(fresh_rows | {e["transaction_id"] for e in entries})
         # A fresh transaction row changes the lines of its entries in the blocks. Entries the
         # sealing run saw can belong only to a transaction it saw too (its checks found every
         # entry's transaction), so, the census holding, only to one it listed as fresh, or
@@ -628,28 +766,46 @@ async def plan_verification(
             "incremental",
             "The census of the last seal holds: only rows written since are re-hashed.",
             fresh=Fresh(
-                entry_ids=sorted(e.id for e in entries),
+                entry_ids=sorted(e["id"] for e in entries),
                 transaction_ids=transaction_ids,
-                entry_ids_to_rehash=sorted({e.id for e in entries} | set(of_fresh)),
+                entry_ids_to_rehash=sorted({e["id"] for e in entries} | set(of_fresh)),
                 chain_starts=_chain_starts(entries),
+                totals_of=last_seal.id if kept else None,
+                entry_ids_now=[int(e["id"]) for e in seed.entries if e["fresh_now"]],
+                exchange_transactions=seed.exchange_transactions,
             ),
             full_verified_at=full_verified_at,
             census_seed=seed if reference_now is not None else None,
         )
+    return _census_broken(
+        last_seal,
+        "Rows that the last sealing run saw were rewritten or deleted.",
+        f"{gone['entries']} entries and {gone['transactions']} transactions that the run which "
+        "made the last seal saw were rewritten or deleted behind the service.",
+        expected={k: census[k]["before"] for k in ("entries", "transactions")},
+        found={k: census[k]["before"] - gone[k] for k in ("entries", "transactions")},
+    )
+
+
+def _census_broken(
+    last_seal: LedgerSeal,
+    reason: str,
+    message: str,
+    expected: dict[str, Any],
+    found: dict[str, Any],
+) -> Plan:
+    """A full verification, and the tampering to report should it find no broken block."""
     return Plan(
         "full",
-        "Rows that the last sealing run saw were rewritten or deleted.",
+        reason,
         census_break=TamperReport(
             seal_id=str(last_seal.id),
             high_water=last_seal.high_water,
-            message=(
-                f"{gone['entries']} entries and {gone['transactions']} transactions that the "
-                "run which made the last seal saw were rewritten or deleted behind the service."
-            ),
+            message=message,
             first_bad_block=None,
             entries_from=None,
-            expected={k: census[k]["before"] for k in ("entries", "transactions")},
-            found={k: census[k]["before"] - gone[k] for k in ("entries", "transactions")},
+            expected=expected,
+            found=found,
         ),
     )
 
@@ -708,7 +864,9 @@ async def settled_high_water(connection: AsyncConnection) -> tuple[int, bool]:
 
 
 def new_seal(
-    previous: LedgerSeal | None, span: SealSpan, census: dict[str, Any] | None = None
+    previous: LedgerSeal | None,
+    span: SealSpan,
+    census: dict[str, Any] | None = None,
 ) -> LedgerSeal:
     digest = span.digest
     previous_chained = previous.chained_digest if previous else GENESIS

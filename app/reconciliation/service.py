@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select, text, update
+from sqlalchemy import case, func, null, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -209,17 +209,18 @@ async def _run_checks(
         await progress.report(int(100 * (steps - 1) / steps))
         passed = all(r.passed for r in results) and not tampering
         span = None
-        census = None
+        census = account_totals = None
         low = last_seal.high_water if last_seal else 0
         if passed and seal_requested and community_id is None and settled and high_water > low:
             span = await seals.digest_span(snapshot, low, high_water)
             if reference is not None:
-                census = await seals.take_census(
+                census, account_totals = await seals.take_census(
                     snapshot,
                     span,
                     reference,
                     plan.full_verified_at if plan.mode == "incremental" else None,
                     plan.census_seed,
+                    plan.fresh,
                 )
 
     seal_report: dict[str, Any] | None = None
@@ -229,6 +230,18 @@ async def _run_checks(
         try:
             async with sessionmaker() as session, session.begin():
                 session.add(seal)
+                await session.flush()
+                if account_totals is not None:  # jsonb text made by PostgreSQL: stored as is
+                    await session.execute(
+                        seals.STORE_TOTALS, {"id": seal.id, "totals": account_totals}
+                    )
+                if last_seal is not None:
+                    # Only the latest seal's totals are read; the digest stays in the census.
+                    await session.execute(
+                        update(LedgerSeal)
+                        .where(LedgerSeal.id == last_seal.id)
+                        .values(account_totals=null())
+                    )
         except IntegrityError:
             note = "Another run sealed the same range first; nothing new sealed."
         else:

@@ -25,6 +25,7 @@ from tests.reconciliation.helpers import (
     failing,
     insert_transaction,
     reconcile,
+    record_exchange,
     scalar,
     scenario,
     tamper,
@@ -635,3 +636,113 @@ async def test_a_migration_that_rewrites_a_table_is_not_tampering(
     await post(client, books.id, books.admin, [(a.account_id, 5), (b.account_id, -5)])
     assert (await reconcile(client, books.platform))["report"]["seal"] is not None
     assert verification(await reconcile(client, books.platform))["mode"] == "incremental"
+
+
+@postgres_only
+async def test_cached_figures_are_checked_against_the_seals_account_totals(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """An incremental run takes each account's figures from the last seal's totals plus the
+    fresh entries: postings (several runs in a row) raise no alarm, and a cached balance or
+    total edited behind the service is named just as a full run names it."""
+    books = await sealed(client, app)
+    a, b, c = books.members[0], books.members[1], books.members[2]
+    for minutes in (5, 7):
+        await post(
+            client, books.id, books.admin, [(a.account_id, minutes), (b.account_id, -minutes)]
+        )
+        await post(client, books.id, books.admin, [(c.account_id, 3), (a.account_id, -3)])
+        run = await reconcile(client, books.platform)
+        assert run["status"] == "passed", failing(run)
+        assert verification(run)["mode"] == "incremental"
+        assert run["report"]["seal"] is not None
+    # Only the latest seal keeps its totals; every seal's census keeps their digest.
+    kept = await scalar(app, "SELECT count(account_totals) FROM ledger_seals")
+    assert kept == 1
+    await tamper(
+        app,
+        "UPDATE accounts SET earned_total = earned_total + 2, spent_total = spent_total + 2 "
+        "WHERE id = :a",
+        a=db_id(app, a.account_id),
+    )
+    run = await reconcile(client, books.platform)
+    assert verification(run)["mode"] == "incremental"
+    found = failing(run)
+    assert set(found) == {"cached_totals"}
+    [wrong] = found["cached_totals"]
+    assert wrong["rows"] == {"account_id": a.account_id}
+    assert wrong["found"]["earned_total"] == wrong["expected"]["earned_total"] + 2
+    full = await reconcile(client, books.platform, full=True)
+    assert failing(full)["cached_totals"] == found["cached_totals"]
+
+
+@postgres_only
+async def test_altered_account_totals_of_a_seal_are_tampering(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """The totals are not in the chained digest themselves, their digest is (in the census):
+    edited totals are reported, and the run verifies in full rather than trust them."""
+    books = await sealed(client, app)
+    a = books.members[0]
+    await tamper(
+        app,
+        "UPDATE ledger_seals SET account_totals = jsonb_set(account_totals, "
+        "ARRAY[CAST(:a AS text), '1'], to_jsonb((account_totals->:a->>1)::bigint + 1))",
+        a=str(a.account_id),
+    )
+    run = await reconcile(client, books.platform)
+    assert run["status"] == "failed"
+    assert verification(run)["mode"] == "full"
+    [report] = run["report"]["tampering"]
+    assert "account totals" in report["message"]
+    assert run["report"]["seal"] is None
+
+
+def _findings(run: dict[str, Any]) -> dict[str, list[Any]]:
+    return {name: sorted(map(str, found)) for name, found in failing(run).items()}
+
+
+@postgres_only
+@pytest.mark.parametrize(
+    "statements",
+    [
+        # Status and transaction disagree, both ways.
+        (
+            "UPDATE exchanges SET status = 'confirmed' WHERE id = :proposed",
+            "UPDATE exchanges SET status = 'proposed' WHERE id = :posted",
+        ),
+        # The exchange lets go of its (sealed, unchanged) transaction: nobody claims it now.
+        ("UPDATE exchanges SET status = 'cancelled', transaction_id = NULL WHERE id = :posted",),
+        # Resolved by a reversal that does not reverse it.
+        (
+            "UPDATE exchanges SET status = 'resolved', resolution = 'reversed', "
+            "reversal_transaction_id = :other WHERE id = :posted",
+        ),
+    ],
+)
+async def test_exchanges_are_checked_incrementally_as_in_full(
+    client: AsyncClient, app: FastAPI, statements: tuple[str, ...]
+) -> None:
+    """Exchanges change legitimately, so an incremental run checks every one (through the
+    primary key of transactions) and counts the claimed exchange transactions against the
+    census scan's count, rather than looking through every transaction: the findings are
+    those of a full run."""
+    books = await sealed(client, app)
+    a, b = books.members[0], books.members[1]
+    # A legitimate exchange after the seal raises nothing.
+    await record_exchange(client, books.id, books.admin, b, a, 25)
+    clean = await reconcile(client, books.platform)
+    assert clean["status"] == "passed", failing(clean)
+    assert verification(clean)["mode"] == "incremental"
+    await tamper(
+        app,
+        *statements,
+        proposed=db_id(app, books.proposed["id"]),
+        posted=db_id(app, books.exchange["id"]),
+        other=db_id(app, books.reversal_id),
+    )
+    run = await reconcile(client, books.platform)
+    assert verification(run)["mode"] == "incremental"
+    assert set(failing(run)) == {"exchanges_posted_once"}
+    full = await reconcile(client, books.platform, full=True)
+    assert _findings(run) == _findings(full)

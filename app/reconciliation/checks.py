@@ -488,9 +488,7 @@ async def reversals(
         # Found through the primary key and the reverses_id index, not a scan.
         ids = list(
             (
-                await session.execute(
-                    text(_FRESH_REVERSALS), {"fresh": [str(t) for t in fresh.transaction_ids]}
-                )
+                await session.execute(text(_FRESH_REVERSALS), {"fresh": fresh.transaction_ids})
             ).scalars()
         )
         if not ids:
@@ -597,12 +595,14 @@ async def reversals(
     return result
 
 
+# (Each id through an index, LATERAL ... OFFSET 0: a join lets the planner scan every
+# transaction instead.)
 _FRESH_REVERSALS = """
-SELECT t.id FROM unnest(CAST(:fresh AS uuid[])) AS fresh(id)
-JOIN transactions t ON t.id = fresh.id WHERE t.kind = 'reversal'
+SELECT t.id FROM unnest(CAST(:fresh AS uuid[])) AS fresh(id) CROSS JOIN LATERAL
+  (SELECT id FROM transactions WHERE id = fresh.id AND kind = 'reversal' OFFSET 0) AS t
 UNION
-SELECT t.id FROM unnest(CAST(:fresh AS uuid[])) AS fresh(id)
-JOIN transactions t ON t.reverses_id = fresh.id
+SELECT t.id FROM unnest(CAST(:fresh AS uuid[])) AS fresh(id) CROSS JOIN LATERAL
+  (SELECT id FROM transactions WHERE reverses_id = fresh.id OFFSET 0) AS t
 """
 
 
@@ -853,7 +853,7 @@ def _hash_finding(transaction_id: Any, stored: str, recomputed: str) -> Finding:
 # The FULL JOIN also finds entries whose transaction row is gone.
 _PER_TRANSACTION_SQL = """
 SELECT id, transaction_exists, content_hash, recomputed, entries, total, zeros FROM (
-  SELECT coalesce(t.id, lines.transaction_id) AS id, t.id IS NOT NULL AS transaction_exists,
+  SELECT {id} AS id, t.id IS NOT NULL AS transaction_exists,
     t.content_hash, lines.n AS entries, lines.total, lines.zeros,
     encode(sha256(convert_to(concat_ws(chr(31),
       t.id::text, t.community_id::text, t.kind, to_char(t.occurred_on, 'YYYY-MM-DD'),
@@ -867,22 +867,37 @@ SELECT id, transaction_exists, content_hash, recomputed, entries, total, zeros F
                                 ORDER BY e.account_id::text COLLATE "C", e.id)
               FROM entries e WHERE e.transaction_id = t.id)
       END), 'UTF8')), 'hex') AS recomputed
-  FROM (SELECT * FROM transactions {transactions_filter}) AS t
-  FULL JOIN (
-    SELECT transaction_id, count(*) AS n, sum(amount) AS total,
-      count(*) FILTER (WHERE amount = 0) AS zeros, min(line) AS low, max(line) AS high
-    FROM (
-      SELECT transaction_id, amount, (account_id::text || ':' || amount::text) COLLATE "C" AS line
-      FROM {entries}
-    ) AS e
-    GROUP BY transaction_id
-  ) AS lines ON lines.transaction_id = t.id
+  FROM {source}
   {community_filter}
 ) AS passed
 WHERE NOT transaction_exists OR entries IS NULL OR entries < 2 OR total <> 0 OR zeros > 0
   OR recomputed <> content_hash
 ORDER BY id
 """
+_LINES = """{count} AS n, sum(amount) AS total, count(*) FILTER (WHERE amount = 0) AS zeros,
+      min(line) AS low, max(line) AS high
+    FROM (
+      SELECT transaction_id, amount, (account_id::text || ':' || amount::text) COLLATE "C" AS line
+      FROM entries {where}
+    ) AS e"""
+# Every transaction with its entries grouped (the FULL JOIN also finds entries whose
+# transaction row is gone) ...
+_ALL_TRANSACTIONS = {
+    "id": "coalesce(t.id, lines.transaction_id)",
+    "source": "transactions AS t FULL JOIN (SELECT transaction_id, "
+    + _LINES.format(count="count(*)", where="")
+    + " GROUP BY transaction_id) AS lines ON lines.transaction_id = t.id",
+}
+# ... or, incrementally, the fresh transactions one by one, through the primary key and the
+# transaction_id index of entries (a missing row is one whose entries name it in vain).
+_FRESH_TRANSACTIONS = {
+    "id": "fresh.id",
+    "source": "unnest(CAST(:fresh AS uuid[])) AS fresh(id) "  # noqa: S608
+    "LEFT JOIN LATERAL (SELECT * FROM transactions WHERE id = fresh.id OFFSET 0) AS t ON true "
+    "CROSS JOIN LATERAL (SELECT "
+    + _LINES.format(count="nullif(count(*), 0)", where="WHERE transaction_id = fresh.id")
+    + ") AS lines",
+}
 
 
 async def _transaction_pass(
@@ -894,21 +909,16 @@ async def _transaction_pass(
     if cached is not None and cached[0] == community_id and cached[1] is fresh:
         return list(cached[2])
     params: dict[str, Any] = {}
-    filters = {"transactions_filter": "", "entries": "entries", "community_filter": ""}
+    parts = {"community_filter": "", **_ALL_TRANSACTIONS}
     if community_id is not None:
         # Entries are tied to a community only through their transaction: a scoped run
         # leaves out entries whose transaction is gone (it cannot tell whose they are).
-        filters["community_filter"] = "WHERE t.community_id = CAST(:community_id AS uuid)"
+        parts["community_filter"] = "WHERE t.community_id = CAST(:community_id AS uuid)"
         params["community_id"] = str(community_id)
     if fresh is not None:  # everything else is as the last sealing run verified it
-        filters["transactions_filter"] = "WHERE id = ANY(CAST(:fresh AS uuid[]))"
-        # Entry by entry through the transaction_id index (a filter would scan them all).
-        filters["entries"] = (
-            "unnest(CAST(:fresh AS uuid[])) AS fresh(id) CROSS JOIN LATERAL "
-            "(SELECT * FROM entries WHERE transaction_id = fresh.id OFFSET 0) AS entries"
-        )
-        params["fresh"] = [str(t) for t in fresh.transaction_ids]
-    rows = list((await session.execute(text(_PER_TRANSACTION_SQL.format(**filters)), params)).all())
+        parts |= _FRESH_TRANSACTIONS
+        params["fresh"] = fresh.transaction_ids
+    rows = list((await session.execute(text(_PER_TRANSACTION_SQL.format(**parts)), params)).all())
     session.info["transaction_pass"] = (community_id, fresh, rows)
     return rows
 

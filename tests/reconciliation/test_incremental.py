@@ -746,3 +746,28 @@ async def test_exchanges_are_checked_incrementally_as_in_full(
     assert set(failing(run)) == {"exchanges_posted_once"}
     full = await reconcile(client, books.platform, full=True)
     assert _findings(run) == _findings(full)
+
+
+@postgres_only
+async def test_fresh_transactions_without_entries_or_without_a_row_are_named_incrementally(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """The fresh transactions are looked at one by one (through the primary key and the
+    transaction_id index): a new transaction row without entries, and new entries naming a
+    transaction that does not exist, are found as a full run finds them."""
+    books = await sealed(client, app)
+    a, b = books.members[0], books.members[1]
+    empty = await insert_transaction(app, books.id, "transfer", [])
+    orphaned = await insert_transaction(
+        app, books.id, "transfer", [(a.account_id, 6), (b.account_id, -6)]
+    )
+    await tamper(app, "DELETE FROM transactions WHERE id = :id", id=db_id(app, orphaned))
+    run = await reconcile(client, books.platform)
+    assert verification(run)["mode"] == "incremental"
+    found = failing(run)
+    assert {f["rows"]["transaction_id"] for f in found["transactions_balance"]} == {
+        empty,
+        orphaned,
+    }
+    full = await reconcile(client, books.platform, full=True)
+    assert _findings(run)["transactions_balance"] == _findings(full)["transactions_balance"]

@@ -628,7 +628,7 @@ async def exchanges_posted_once(
         rows: Any = [r[1:6] for r in probed if r.part == "posted"]
         reversed_without: Any = [(r[1], r[3], r[6]) for r in probed if r.part == "reversed"]
         claimed = next(r.claimed for r in probed if r.part == "claimed")
-        unclaimed_possible = claimed != fresh.exchange_transactions
+        unclaimed_possible = claimed != (await fresh.counts()).exchange_transactions
     else:
         rows = await session.execute(
             select(

@@ -433,7 +433,8 @@ async def take_census(
         listed = seed.fresh_now[table]
         if len(listed) > CENSUS_LIST_LIMIT:
             return None, None
-        census[table] = {"before": seed.totals[table] - len(listed), "fresh": sorted(listed)}
+        counted = seed.counts.totals[table] if seed.counts is not None else 0
+        census[table] = {"before": counted - len(listed), "fresh": sorted(listed)}
     made = session.info.get("account_totals")  # by the checks' account pass, incrementally
     if made is not None and made[0] is fresh:
         account_totals, census["account_totals"] = made[1]
@@ -518,9 +519,9 @@ TOTALS_DIGEST = text(
 
 @dataclass
 class CensusSeed:
-    """Every row counted, and the rows fresh to either reference fetched, in one snapshot."""
+    """The rows fresh to either reference, fetched in one snapshot, and what was counted."""
 
-    totals: dict[str, int]
+    counts: Counts | None  # None while being counted beside (_count_beside)
     # Driver rows (read by name): id, transaction_id, account_id, account_version, amount,
     # balance_after, fresh, fresh_now
     entries: list[Any]
@@ -528,8 +529,6 @@ class CensusSeed:
     # The ids of old rows found beside the fresh transactions (the same id twice: a copy), or
     # None when the fresh rows were found by the predicate, so no old copies were looked for.
     old_transaction_ids: set[Any] | None = None
-    # Transaction rows of kind exchange (the same scan counts them, for exchanges_posted_once).
-    exchange_transactions: int = 0
 
     @property
     def fresh_now(self) -> dict[str, list[str]]:
@@ -568,24 +567,75 @@ class Expected:
     transactions: list[str]
 
 
+@dataclass
+class Counts:
+    """What the census scan counted, per table: every row, the fresh ones (to the last
+    census's reference and to this run's), and the transactions of kind exchange."""
+
+    totals: dict[str, int]
+    fresh: dict[str, int]
+    fresh_now: dict[str, int]
+    exchange_transactions: int
+
+
+async def _count(
+    connection: AsyncSession | AsyncConnection, predicates: dict[str, str], params: dict[str, Any]
+) -> Counts:
+    row = (await connection.execute(text(_COUNTS.format(**predicates)), params)).one()
+    numbers = [int(n) for n in row]
+    return Counts(
+        totals={"entries": numbers[0], "transactions": numbers[3]},
+        fresh={"entries": numbers[1], "transactions": numbers[4]},
+        fresh_now={"entries": numbers[2], "transactions": numbers[5]},
+        exchange_transactions=numbers[6],
+    )
+
+
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9A-F]+)?")
+
+
+async def _count_beside(
+    session: AsyncSession, predicates: dict[str, str], params: dict[str, Any]
+) -> asyncio.Task[Counts]:
+    """Start the census scan on a second connection that shares the run's snapshot
+    (pg_export_snapshot): the run checks the fresh rows meanwhile, and confirm_plan waits for
+    the counts before anything it found is trusted."""
+    snapshot = str(await session.scalar(text("SELECT pg_export_snapshot()")))
+    if not _SNAPSHOT_ID.fullmatch(snapshot):
+        raise RuntimeError(f"unexpected snapshot id {snapshot!r}")
+    bind = session.bind
+    assert isinstance(bind, AsyncConnection)
+
+    async def count() -> Counts:
+        async with bind.engine.connect() as connection:
+            beside = await connection.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+            async with beside.begin():
+                await beside.execute(text(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))
+                await beside.execute(text("SET LOCAL jit = off"))
+                return await _count(beside, predicates, params)
+
+    return asyncio.ensure_future(count())
+
+
 async def _census_seed(
     session: AsyncSession,
     reference: int,
     reference_now: int,
     limit: int,
     expected: Expected | None = None,
+    counts: Counts | None = None,
 ) -> CensusSeed:
-    fresh, params = fresh_predicate("reference", reference)
-    fresh_now, params_now = fresh_predicate("reference_now", reference_now)
-    params |= params_now
-    predicates = {"fresh": fresh, "fresh_now": fresh_now}
-    counts = (await session.execute(text(_COUNTS.format(**predicates)), params)).one()
-    totals: dict[str, int] = {}
+    """Every row counted, and the rows fresh to either reference fetched. With ``expected``
+    and no ``counts`` (they are being counted beside, _count_beside), the fresh rows are
+    taken to be where the last census expects them: confirm_plan checks that later."""
+    predicates, params = _predicates(reference, reference_now)
+    if counts is None and expected is None:
+        counts = await _count(session, predicates, params)
     found: dict[str, list[Any]] = {}
     seen: dict[str, set[Any]] = {}
-    for offset, table in enumerate(("entries", "transactions")):
-        total, fresh_count, fresh_now_count = (int(n) for n in counts[3 * offset : 3 * offset + 3])
-        totals[table] = total
+    for table in ("entries", "transactions"):
         rows: list[Any] | None = None
         if expected is not None:
             if table == "entries":
@@ -595,11 +645,7 @@ async def _census_seed(
                 where = {"ids": list(listed | {e["transaction_id"] for e in found["entries"]})}
             statement = _CANDIDATES[table].format(columns=_CENSUS_TABLES[table], **predicates)
             rows = await _fetch(session, statement, params | where | {"limit": limit + 1})
-            if (
-                len(rows) > limit
-                or sum(1 for r in rows if r["fresh"]) != fresh_count
-                or sum(1 for r in rows if r["fresh_now"]) != fresh_now_count
-            ):
+            if len(rows) > limit or (counts is not None and not _all_counted(rows, counts, table)):
                 rows = None  # fresh rows elsewhere: find them by the predicate
         if rows is None:
             statement = _FRESH_ROWS.format(table=table, columns=_CENSUS_TABLES[table], **predicates)
@@ -608,11 +654,24 @@ async def _census_seed(
             seen[table] = {r["id"] for r in rows if not (r["fresh"] or r["fresh_now"])}
         found[table] = [r for r in rows if r["fresh"] or r["fresh_now"]]
     return CensusSeed(
-        totals=totals,
+        counts=counts,
         entries=found["entries"],
         transactions=found["transactions"],
         old_transaction_ids=seen.get("transactions"),
-        exchange_transactions=int(counts[6]),
+    )
+
+
+def _predicates(reference: int, reference_now: int) -> tuple[dict[str, str], dict[str, Any]]:
+    fresh, params = fresh_predicate("reference", reference)
+    fresh_now, params_now = fresh_predicate("reference_now", reference_now)
+    return {"fresh": fresh, "fresh_now": fresh_now}, params | params_now
+
+
+def _all_counted(rows: list[Any], counts: Counts, table: str) -> bool:
+    """Whether ``rows`` hold every row of ``table`` fresh to either reference."""
+    return (
+        sum(1 for r in rows if r["fresh"]) == counts.fresh[table]
+        and sum(1 for r in rows if r["fresh_now"]) == counts.fresh_now[table]
     )
 
 
@@ -634,8 +693,13 @@ class Fresh:
     # The entries fresh to this run's own census reference (the next seal's census lists them,
     # and leaves them out of its account totals).
     entry_ids_now: list[int] = field(default_factory=list)
-    # How many transaction rows are of kind exchange (counted by the census scan).
-    exchange_transactions: int = 0
+    # The census scan's counts (exchanges_posted_once needs the transactions of kind
+    # exchange), possibly still being counted beside the checks.
+    counted: asyncio.Future[Counts] | None = None
+
+    async def counts(self) -> Counts:
+        assert self.counted is not None
+        return await self.counted
 
 
 @dataclass
@@ -650,6 +714,13 @@ class Plan:
     full_verified_at: datetime | None = None
     # What the census of this run's seal needs, when this run has counted it already.
     census_seed: CensusSeed | None = None
+    # An incremental plan made before the census scan's counts were in (confirm_plan).
+    provisional: Provisional | None = None
+
+    def abandon(self) -> None:
+        """Stop counting beside, should the run end before confirm_plan."""
+        if self.fresh is not None and self.fresh.counted is not None:
+            self.fresh.counted.cancel()
 
     def as_dict(self) -> dict[str, Any]:
         report: dict[str, Any] = {"mode": self.mode, "reason": self.reason}
@@ -710,19 +781,92 @@ async def plan_verification(
     horizon = int((await session.execute(_SNAPSHOT_XIDS)).one()[1])
     if not 0 <= horizon - reference < MAX_XID_DISTANCE:
         return Plan("full", "Too many transactions since the last seal to compare row versions.")
+    now = reference if reference_now is None else reference_now
+    predicates, params = _predicates(reference, now)
+    counting = await _count_beside(session, predicates, params)
+    try:
+        seed = await _census_seed(
+            session,
+            reference,
+            now,
+            FRESH_LIMIT + 1,
+            Expected(
+                last_seal.high_water, census["entries"]["fresh"], census["transactions"]["fresh"]
+            ),
+        )
+        plan = await _decide(session, last_seal, seed, counting, reference_now is not None)
+    except BaseException:
+        counting.cancel()
+        raise
+    if plan.fresh is None:
+        counting.cancel()
+    else:
+        plan.provisional = Provisional(last_seal, reference, now, seed)
+    return plan
+
+
+@dataclass
+class Provisional:
+    """An incremental plan made while the census scan was still counting: what confirm_plan
+    needs to check it."""
+
+    last_seal: LedgerSeal
+    reference: int
+    reference_now: int
+    seed: CensusSeed
+
+
+async def confirm_plan(session: AsyncSession, plan: Plan) -> Plan:
+    """Wait for the census scan and check the plan against it: the same plan when every fresh
+    row was where the last census expected it and no row it counted as old went; otherwise
+    the plan the counts call for (a full verification, usually), and the run checks again."""
+    pending = plan.provisional
+    if pending is None or plan.fresh is None or plan.fresh.counted is None:
+        return plan
+    plan.provisional = None
+    counts = await plan.fresh.counted
+    seed = pending.seed
+    census = pending.last_seal.census or {}
+    if all(
+        _all_counted(rows, counts, table)
+        and census[table]["before"] == counts.totals[table] - counts.fresh[table]
+        for table, rows in (("entries", seed.entries), ("transactions", seed.transactions))
+    ):
+        seed.counts = counts
+        return plan
     seed = await _census_seed(
         session,
-        reference,
-        reference if reference_now is None else reference_now,
+        pending.reference,
+        pending.reference_now,
         FRESH_LIMIT + 1,
-        Expected(last_seal.high_water, census["entries"]["fresh"], census["transactions"]["fresh"]),
+        Expected(
+            pending.last_seal.high_water,
+            census["entries"]["fresh"],
+            census["transactions"]["fresh"],
+        ),
+        counts,
     )
+    return await _decide(
+        session, pending.last_seal, seed, plan.fresh.counted, plan.census_seed is not None
+    )
+
+
+async def _decide(
+    session: AsyncSession,
+    last_seal: LedgerSeal,
+    seed: CensusSeed,
+    counted: asyncio.Future[Counts],
+    keep_seed: bool,
+) -> Plan:
+    """Incremental when the census holds (seed.counts None: as far as the fresh rows found
+    can tell; confirm_plan checks the rest)."""
+    census = last_seal.census or {}
+    full_verified_at = datetime.fromisoformat(census["full_verified_at"])
     entries = [row for row in seed.entries if row["fresh"]]
     fresh_transactions = [row for row in seed.transactions if row["fresh"]]
     fresh_rows = {row["id"] for row in fresh_transactions}
     if len(seed.entries) > FRESH_LIMIT or len(seed.transactions) > FRESH_LIMIT:
         return Plan("full", "Too many rows written since the last seal to be worth comparing.")
-    totals = seed.totals
     fresh_ids = {
         "entries": {str(e["id"]) for e in entries},
         "transactions": {str(t) for t in fresh_rows},
@@ -736,7 +880,9 @@ async def plan_verification(
         # Rows older than the reference can only go (a rewrite leaves a fresh version), and
         # the fresh rows the sealing run saw must all still be here. Kept apart, so that one
         # count cannot make up for the other.
-        older_gone = census[table]["before"] - (int(totals[table]) - fresh_count[table])
+        older_gone = 0
+        if seed.counts is not None:
+            older_gone = census[table]["before"] - (seed.counts.totals[table] - fresh_count[table])
         listed_gone = len(set(census[table]["fresh"]) - fresh_ids[table])
         gone[table] = abs(older_gone) + listed_gone
     if all(n == 0 for n in gone.values()):
@@ -772,10 +918,10 @@ async def plan_verification(
                 chain_starts=_chain_starts(entries),
                 totals_of=last_seal.id if kept else None,
                 entry_ids_now=[int(e["id"]) for e in seed.entries if e["fresh_now"]],
-                exchange_transactions=seed.exchange_transactions,
+                counted=counted,
             ),
             full_verified_at=full_verified_at,
-            census_seed=seed if reference_now is not None else None,
+            census_seed=seed if keep_seed else None,
         )
     return _census_broken(
         last_seal,

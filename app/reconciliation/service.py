@@ -183,7 +183,6 @@ async def _run_checks(
         high_water, settled = await seals.settled_high_water(connection)
         reference = await seals.census_reference(connection)
     steps = len(CHECKS) + 2
-    results: list[CheckResult] = []
     async with read_snapshot(engine) as snapshot:
         if community_id is None:
             latest = await snapshot.scalar(
@@ -195,17 +194,22 @@ async def _run_checks(
         else:
             plan = seals.Plan("full", "A run for one community checks all of its rows.")
         progress = _Progress(sessionmaker, run_id)
-        for index, check in enumerate(CHECKS, start=1):
-            results.append(await check(snapshot, community_id, plan.fresh))
-            await progress.report(int(100 * index / steps))
-        if community_id is None:
-            tampering, last_seal, verified = await seals.verify_chain(snapshot, plan.fresh)
-            if plan.census_break is not None and not tampering:
-                tampering.append(plan.census_break)
-        else:
-            # Seals cover every community's entries at once: a scoped run neither verifies
-            # nor extends them (and so names no other community's rows).
-            tampering, last_seal, verified = [], None, 0
+        try:
+            results, tampering, last_seal, verified = await _check(
+                snapshot, community_id, plan, progress
+            )
+            # An incremental plan is made while the census scan still counts, beside: the
+            # checks above ran meanwhile. Should the counts not bear the plan out, check again.
+            confirmed = await seals.confirm_plan(snapshot, plan)
+            if confirmed is not plan:
+                for cached in ("account_pass", "transaction_pass", "account_totals"):
+                    snapshot.info.pop(cached, None)
+                plan = confirmed
+                results, tampering, last_seal, verified = await _check(
+                    snapshot, community_id, plan, progress
+                )
+        finally:
+            plan.abandon()
         await progress.report(int(100 * (steps - 1) / steps))
         passed = all(r.passed for r in results) and not tampering
         span = None
@@ -274,6 +278,25 @@ async def _run_checks(
         "seal": seal_report,
         "seal_note": note,
     }
+
+
+async def _check(
+    snapshot: AsyncSession, community_id: uuid.UUID | None, plan: seals.Plan, progress: _Progress
+) -> tuple[list[CheckResult], list[seals.TamperReport], LedgerSeal | None, int]:
+    """Every check, then (whole-ledger runs) the seal chain, as the plan says."""
+    steps = len(CHECKS) + 2
+    results = []
+    for index, check in enumerate(CHECKS, start=1):
+        results.append(await check(snapshot, community_id, plan.fresh))
+        await progress.report(int(100 * index / steps))
+    if community_id is None:
+        tampering, last_seal, verified = await seals.verify_chain(snapshot, plan.fresh)
+        if plan.census_break is not None and not tampering:
+            tampering.append(plan.census_break)
+        return results, tampering, last_seal, verified
+    # Seals cover every community's entries at once: a scoped run neither verifies nor
+    # extends them (and so names no other community's rows).
+    return results, [], None, 0
 
 
 def render_text(run: ReconciliationRun) -> str:

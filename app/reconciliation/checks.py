@@ -391,28 +391,23 @@ async def balance_chains(
 # was right, so only the chains from each account's lowest fresh version on can differ. Fresh
 # entries need not all sit above the old ones (a posting with an older xid can commit after
 # one with a newer xid on the same account), so the whole tail from there is checked, hanging
-# from the entry just before it (index lookups on account_id, account_version).
+# from the entry just before it: one index range scan per account (account_id,
+# account_version) from that entry on; it is read, not checked.
 _FRESH_CHAINS_SQL = """
 SELECT * FROM (
 SELECT e.id AS entry_id, starts.account_id, e.account_version AS version, e.amount,
-  e.balance_after,
-  coalesce(lag(e.balance_after) OVER w,
-           CASE WHEN starts.low = 1 THEN 0 ELSE before.balance_after END) AS previous,
-  starts.low - 1 + row_number() OVER w AS position
+  e.balance_after, starts.low,
+  coalesce(lag(e.balance_after) OVER w, CASE WHEN starts.low = 1 THEN 0 END) AS previous,
+  starts.low - CASE WHEN starts.low = 1 THEN 1 ELSE 2 END + row_number() OVER w AS position
 FROM unnest(CAST(:accounts AS uuid[]), CAST(:lows AS bigint[])) AS starts(account_id, low)
 CROSS JOIN LATERAL (
   SELECT id, account_version, amount, balance_after FROM entries
-  WHERE account_id = starts.account_id AND account_version >= starts.low
+  WHERE account_id = starts.account_id AND account_version >= starts.low - 1
   OFFSET 0  -- keeps the subquery (and its index range scan) per account
 ) AS e
-LEFT JOIN LATERAL (
-  SELECT balance_after FROM entries
-  WHERE account_id = starts.account_id AND account_version = starts.low - 1
-  LIMIT 1
-) AS before ON true
 WINDOW w AS (PARTITION BY starts.account_id ORDER BY e.account_version, e.id)
 ) AS chained
-WHERE balance_after IS DISTINCT FROM previous + amount OR version <> position
+WHERE version >= low AND (balance_after IS DISTINCT FROM previous + amount OR version <> position)
 ORDER BY account_id, version, entry_id
 """
 
@@ -723,7 +718,8 @@ WITH x AS (
   LEFT JOIN LATERAL (SELECT id, kind FROM transactions WHERE id = x.transaction_id OFFSET 0) AS t
     ON true
   LEFT JOIN LATERAL (
-    SELECT id, reverses_id FROM transactions WHERE id = x.reversal_transaction_id OFFSET 0
+    SELECT id, reverses_id FROM transactions
+    WHERE x.reversal_transaction_id IS NOT NULL AND id = x.reversal_transaction_id OFFSET 0
   ) AS r ON true
 )
 SELECT 'posted' AS part, id, status, transaction_id, found_id, kind,

@@ -198,14 +198,14 @@ async def _account_pass(
         session.info["account_pass"] = (community_id, rows)
         return rows
     earned = func.sum(case((Entry.amount > 0, Entry.amount), else_=0))
-    spent = func.sum(case((Entry.amount < 0, -Entry.amount), else_=0))
     sums = (
         select(
             Entry.account_id.label("account_id"),
             func.sum(Entry.amount).label("total"),
             func.count().label("entries"),
             earned.label("earned"),
-            spent.label("spent"),
+            # What was spent is what was earned less the total: one aggregate fewer.
+            (earned - func.sum(Entry.amount)).label("spent"),
         )
         .group_by(Entry.account_id)
         .subquery()

@@ -12,7 +12,8 @@ external records have something to match. Then it times:
 
 - a full run that seals (``create_run`` + ``execute_run``), each check separately;
 - 5,000 more postings through the posting engine (``--postings``), then a second run, which
-  verifies the first seal incrementally (docs/seals.md) and seals the new postings;
+  verifies the first seal incrementally (docs/seals.md) and seals the new postings: the steady
+  state of a scheduled reconciliation, and the run the ratio goal is held to;
 - a third run with ``full=True``, which re-hashes every sealed row;
 - the bare ``SELECT sum(amount), count(*) FROM entries`` scan, for the ratio;
 - peak RSS of this process;
@@ -300,6 +301,7 @@ async def measure(url: str, entries: int, postings: int) -> None:
     seals.verify_chain = timed("verify_chain (seals)", seals.verify_chain)
     seals.digest_span = timed("digest_span (seal blocks)", seals.digest_span)
     seals.plan_verification = timed("plan_verification (census)", seals.plan_verification)
+    seals.confirm_plan = timed("confirm_plan (census counts)", seals.confirm_plan)
     seals.take_census = timed("take_census (new seal)", seals.take_census)
 
     engine = create_engine(Settings(database_url=url, log_level="WARNING"))
@@ -343,7 +345,8 @@ async def measure(url: str, entries: int, postings: int) -> None:
     print(f"run 1 / bare scan     {ratio:9.1f} x   <= {GOALS['ratio']:.0f} x")
     print(f"run 1 duration        {first_seconds:9.2f} s   <= {GOALS['seconds']:.0f} s")
     print(
-        f"run 2 duration        {second_seconds:9.2f} s   (incremental; {second_seconds / scan:.1f} x)"
+        f"run 2 / bare scan     {second_seconds / scan:9.1f} x   <= {GOALS['ratio']:.0f} x"
+        f"   (incremental: {second_seconds:.2f} s)"
     )
     print(
         f"run 3 duration        {third_seconds:9.2f} s   (full=True; {third_seconds / scan:.1f} x)"

@@ -44,7 +44,13 @@ from app.models import (
 from app.models.exchanges import ExchangeStatus, Resolution
 from app.models.ledger import AccountKind, TransactionKind
 from app.reconciliation.findings import CheckResult, Finding
-from app.reconciliation.seals import TOTALS_COLUMNS, TOTALS_CTES, Fresh, figures_sql
+from app.reconciliation.seals import (
+    SEAL_TOTALS,
+    TOTALS_COLUMNS,
+    TOTALS_CTES,
+    Fresh,
+    figures_sql,
+)
 
 POSTED_EXCHANGE_STATUSES = (
     ExchangeStatus.confirmed.value,
@@ -334,11 +340,29 @@ async def balance_chains(
         "Each account's entries run versions 1..n and each balance_after is the previous plus its amount.",
     )
     if fresh is not None:
-        starts = list(fresh.chain_starts.items())  # (the statement orders its findings)
-        rows = await session.execute(
-            text(_FRESH_CHAINS_SQL),
-            {"accounts": [str(a) for a, _ in starts], "lows": [low for _, low in starts]},
-        )
+        rows: Any = []
+        starts = list(fresh.chain_starts.items())  # (the statements order their findings)
+        if fresh.totals_of is not None:
+            # Where the last seal's account totals say where each chain stood (its old entries
+            # are versions 1..n ending at the total), the fresh entries alone continue it.
+            rows = list(
+                await session.execute(
+                    text(_CHAINS_FROM_TOTALS.format(totals=SEAL_TOTALS)),
+                    {
+                        "seal": str(fresh.totals_of),
+                        "fresh_entries": fresh.entry_ids,
+                        "irregular": list(fresh.irregular_accounts),
+                    },
+                )
+            )
+            starts = [(a, low) for a, low in starts if a in fresh.irregular_accounts]
+        if starts:
+            rows += list(
+                await session.execute(
+                    text(_FRESH_CHAINS_SQL),
+                    {"accounts": [str(a) for a, _ in starts], "lows": [low for _, low in starts]},
+                )
+            )
     else:
         chained = (
             select(
@@ -408,6 +432,32 @@ CROSS JOIN LATERAL (
 WINDOW w AS (PARTITION BY starts.account_id ORDER BY e.account_version, e.id)
 ) AS chained
 WHERE version >= low AND (balance_after IS DISTINCT FROM previous + amount OR version <> position)
+ORDER BY account_id, version, entry_id
+"""
+
+
+# Incremental, from the last seal's account totals: an account whose census listed none of its
+# entries had, for the sealing run, only old entries, versions 1..n (its checks passed), all
+# still there unchanged; n and their total are in the totals. So its fresh entries, in version
+# order, must be versions n+1, n+2, ... each balance_after the previous plus its amount,
+# starting from the total: the full check's rule on the tail, without reading the old entries.
+# (Accounts with a listed entry, "irregular", take _FRESH_CHAINS_SQL: a listed entry may sit
+# below an old one.)
+_CHAINS_FROM_TOTALS = """
+SELECT * FROM (
+SELECT e.id AS entry_id, e.account_id, e.account_version AS version, e.amount,
+  e.balance_after,
+  coalesce(lag(e.balance_after) OVER w, coalesce(b.t, 0)) AS previous,
+  coalesce(b.n, 0) + row_number() OVER w AS position
+FROM unnest(CAST(:fresh_entries AS bigint[])) AS f(id) CROSS JOIN LATERAL (
+  SELECT id, account_id, account_version, amount, balance_after FROM entries
+  WHERE id = f.id OFFSET 0
+) AS e
+LEFT JOIN ({totals}) AS b ON b.account_id = e.account_id
+WHERE e.account_id <> ALL(CAST(:irregular AS uuid[]))
+WINDOW w AS (PARTITION BY e.account_id ORDER BY e.account_version, e.id)
+) AS chained
+WHERE balance_after IS DISTINCT FROM previous + amount OR version <> position
 ORDER BY account_id, version, entry_id
 """
 

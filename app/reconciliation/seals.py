@@ -461,7 +461,7 @@ _ENTRIES_BY_ID = (
     "(SELECT e.* FROM unnest(CAST(:{ids} AS bigint[])) AS f(id) CROSS JOIN LATERAL "
     "(SELECT account_id, amount FROM entries WHERE id = f.id OFFSET 0) AS e) AS e"
 )
-_SEAL_TOTALS = (
+SEAL_TOTALS = (
     "SELECT CAST(key AS uuid) AS account_id, CAST(value->>0 AS bigint) AS n, "
     "CAST(value->>1 AS bigint) AS t, CAST(value->>2 AS bigint) AS earned, "
     "CAST(value->>3 AS bigint) AS spent "
@@ -479,7 +479,7 @@ def figures_sql(totals_of: uuid.UUID | None) -> str:
     fresh = _FIGURES.format(entries=_ENTRIES_BY_ID.format(ids="fresh_entries"))
     return (
         "SELECT account_id, sum(n) AS n, sum(t) AS t, sum(earned) AS earned, "  # noqa: S608
-        f"sum(spent) AS spent FROM ({_SEAL_TOTALS} UNION ALL {fresh}) AS x GROUP BY account_id"
+        f"sum(spent) AS spent FROM ({SEAL_TOTALS} UNION ALL {fresh}) AS x GROUP BY account_id"
     )
 
 
@@ -696,6 +696,9 @@ class Fresh:
     # The entries fresh to this run's own census reference (the next seal's census lists them,
     # and leaves them out of its account totals).
     entry_ids_now: list[int] = field(default_factory=list)
+    # Accounts with an entry the last census listed as fresh: for the sealing run their old
+    # entries need not have been a prefix of the chain (balance_chains reads their tails).
+    irregular_accounts: set[Any] = field(default_factory=set)
     # The census scan's counts (exchanges_posted_once needs the transactions of kind
     # exchange), possibly still being counted beside the checks.
     counted: asyncio.Future[Counts] | None = None
@@ -906,6 +909,7 @@ async def _decide(
         # one with a second, old row under the same id; every other fresh transaction is new
         # and its entries are fresh themselves.
         listed = {uuid.UUID(t) for t in census["transactions"]["fresh"]}
+        listed_entries = set(census["entries"]["fresh"])
         copied = seed.old_transaction_ids
         suspects = [t for t in fresh_rows if t in listed or copied is None or t in copied]
         of_fresh = (
@@ -915,12 +919,15 @@ async def _decide(
             "incremental",
             "The census of the last seal holds: only rows written since are re-hashed.",
             fresh=Fresh(
-                entry_ids=sorted(e["id"] for e in entries),
+                entry_ids=sorted({e["id"] for e in entries}),
                 transaction_ids=transaction_ids,
                 entry_ids_to_rehash=sorted({e["id"] for e in entries} | set(of_fresh)),
                 chain_starts=_chain_starts(entries),
                 totals_of=last_seal.id if kept else None,
                 entry_ids_now=[int(e["id"]) for e in seed.entries if e["fresh_now"]],
+                irregular_accounts={
+                    e["account_id"] for e in entries if str(e["id"]) in listed_entries
+                },
                 counted=counted,
             ),
             full_verified_at=full_verified_at,

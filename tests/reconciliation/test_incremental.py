@@ -771,3 +771,36 @@ async def test_fresh_transactions_without_entries_or_without_a_row_are_named_inc
     }
     full = await reconcile(client, books.platform, full=True)
     assert _findings(run)["transactions_balance"] == _findings(full)["transactions_balance"]
+
+
+@postgres_only
+async def test_a_fresh_entry_taking_an_old_version_breaks_the_chain_from_the_totals(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """Chain tails are checked from the last seal's account totals (the old entries are
+    versions 1..n ending at the total): a fresh entry that claims an old version, or an old
+    balance, is out of place there as in the full check."""
+    books = await sealed(client, app)
+    a, b = books.members[0], books.members[1]
+    # Legitimate postings continue the chains: nothing to report.
+    await post(client, books.id, books.admin, [(a.account_id, 4), (b.account_id, -4)])
+    clean = await reconcile(client, books.platform)
+    assert clean["status"] == "passed", failing(clean)
+    assert verification(clean)["mode"] == "incremental"
+    forged = await insert_transaction(
+        app, books.id, "transfer", [(a.account_id, 3), (b.account_id, -3)]
+    )
+    await tamper(
+        app,
+        "ALTER TABLE entries DROP CONSTRAINT uq_entries_account_id_account_version",
+        "UPDATE entries SET account_version = 1 WHERE transaction_id = :id AND account_id = :a",
+        id=db_id(app, forged),
+        a=db_id(app, a.account_id),
+    )
+    run = await reconcile(client, books.platform)
+    assert verification(run)["mode"] == "incremental"
+    found = failing(run)
+    assert set(found) == {"balance_after_chain"}
+    assert {f["rows"]["account_id"] for f in found["balance_after_chain"]} == {a.account_id}
+    full = await reconcile(client, books.platform, full=True)
+    assert {f["rows"]["account_id"] for f in failing(full)["balance_after_chain"]} == {a.account_id}

@@ -452,26 +452,37 @@ async def test_an_older_posting_committed_after_a_newer_one_raises_no_alarm(
     assert verification(after)["fresh_entries"] == 2  # the newer posting's
 
 
+async def _a_forged_chain_break(
+    client: AsyncClient, app: FastAPI, books: Scenario, *statements: str
+) -> dict[str, list[dict[str, Any]]]:
+    """Forge a transfer from the first member to the second, run ``statements`` on it
+    (parameters ``id``, the transaction, and ``a``, the first member's account), reconcile:
+    the run must be incremental and find only a broken chain."""
+    a, b = books.members[0], books.members[1]
+    forged = await insert_transaction(
+        app, books.id, "transfer", [(a.account_id, 4), (b.account_id, -4)]
+    )
+    await tamper(app, *statements, id=db_id(app, forged), a=db_id(app, a.account_id))
+    run = await reconcile(client, books.platform)
+    assert verification(run)["mode"] == "incremental"
+    found = failing(run)
+    assert set(found) == {"balance_after_chain"}
+    return found
+
+
 @postgres_only
 async def test_a_fresh_entry_that_breaks_a_chain_is_named_incrementally(
     client: AsyncClient, app: FastAPI
 ) -> None:
     books = await sealed(client, app)
-    a, b = books.members[0], books.members[1]
-    forged = await insert_transaction(
-        app, books.id, "transfer", [(a.account_id, 4), (b.account_id, -4)]
-    )
-    await tamper(
+    a = books.members[0]
+    found = await _a_forged_chain_break(
+        client,
         app,
+        books,
         "UPDATE entries SET balance_after = balance_after + 3 WHERE transaction_id = :id "
         "AND account_id = :a",
-        id=db_id(app, forged),
-        a=db_id(app, a.account_id),
     )
-    run = await reconcile(client, books.platform)
-    assert verification(run)["mode"] == "incremental"
-    found = failing(run)
-    assert set(found) == {"balance_after_chain"}
     [broken] = found["balance_after_chain"]
     assert broken["rows"]["account_id"] == a.account_id
     assert broken["found"]["balance_after"] == broken["expected"]["balance_after"] + 3
@@ -787,20 +798,13 @@ async def test_a_fresh_entry_taking_an_old_version_breaks_the_chain_from_the_tot
     clean = await reconcile(client, books.platform)
     assert clean["status"] == "passed", failing(clean)
     assert verification(clean)["mode"] == "incremental"
-    forged = await insert_transaction(
-        app, books.id, "transfer", [(a.account_id, 3), (b.account_id, -3)]
-    )
-    await tamper(
+    found = await _a_forged_chain_break(
+        client,
         app,
+        books,
         "ALTER TABLE entries DROP CONSTRAINT uq_entries_account_id_account_version",
         "UPDATE entries SET account_version = 1 WHERE transaction_id = :id AND account_id = :a",
-        id=db_id(app, forged),
-        a=db_id(app, a.account_id),
     )
-    run = await reconcile(client, books.platform)
-    assert verification(run)["mode"] == "incremental"
-    found = failing(run)
-    assert set(found) == {"balance_after_chain"}
     assert {f["rows"]["account_id"] for f in found["balance_after_chain"]} == {a.account_id}
     full = await reconcile(client, books.platform, full=True)
     assert {f["rows"]["account_id"] for f in failing(full)["balance_after_chain"]} == {a.account_id}

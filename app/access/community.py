@@ -11,8 +11,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Depends
 from sqlalchemy import and_, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -65,11 +66,50 @@ class CommunityAccess:
         return self.membership.id if self.membership is not None else None
 
 
+def community_not_found(raw_id: str) -> CommunityNotFound:
+    return CommunityNotFound(f"No community has id {raw_id!r}.")
+
+
+def client_of_another_community(community_id: uuid.UUID) -> CommunityNotFound:
+    return CommunityNotFound(f"No community has id '{community_id}'.")
+
+
+def scope_needed(client_scope: str | None) -> InsufficientScope:
+    return InsufficientScope(f"This route needs {client_scope or 'a signed-in user'}.")
+
+
+def not_a_member(slug: str) -> NotAMember:
+    return NotAMember(f"You are not a member of community '{slug}'.")
+
+
+def membership_inactive(slug: str, status: str) -> MembershipInactive:
+    return MembershipInactive(f"Your membership of '{slug}' is {status}.")
+
+
+@dataclass(frozen=True)
+class CommunityRef:
+    """A community named in the path, not yet looked up: its id, and the id as written."""
+
+    id: uuid.UUID
+    as_written: str
+
+
+async def community_in_path(community_id: str) -> CommunityRef:
+    """Parsed inline (async): FastAPI would run a plain function on a worker thread."""
+    parsed = parse_id(community_id)
+    if parsed is None:
+        raise community_not_found(community_id)
+    return CommunityRef(id=parsed, as_written=community_id)
+
+
+CommunityInPath = Annotated[CommunityRef, Depends(community_in_path)]
+
+
 async def load_community(session: AsyncSession, raw_id: str) -> Community:
     community_id = parse_id(raw_id)
     community = await session.get(Community, community_id) if community_id else None
     if community is None:
-        raise CommunityNotFound(f"No community has id {raw_id!r}.")
+        raise community_not_found(raw_id)
     return community
 
 
@@ -97,7 +137,7 @@ async def load_community_with_membership(
         )
     ).first()
     if row is None:
-        raise CommunityNotFound(f"No community has id {raw_id!r}.")
+        raise community_not_found(raw_id)
     return row[0], row[1]
 
 
@@ -132,10 +172,9 @@ async def authorise(
     """
     if principal.client is not None:
         if principal.client.community_id != community.id:
-            raise CommunityNotFound(f"No community has id '{community.id}'.")
+            raise client_of_another_community(community.id)
         if client_scope is None or not principal.has_scope(client_scope):
-            needed = client_scope or "a signed-in user"
-            raise InsufficientScope(f"This route needs {needed}.")
+            raise scope_needed(client_scope)
         return CommunityAccess(community=community, principal=principal, membership=None)
 
     if membership is _UNLOADED:
@@ -144,9 +183,9 @@ async def authorise(
     if role is None or principal.is_platform_admin:
         return access
     if membership is None:
-        raise NotAMember(f"You are not a member of community '{community.slug}'.")
+        raise not_a_member(community.slug)
     if membership.status != MemberStatus.active:
-        raise MembershipInactive(f"Your membership of '{community.slug}' is {membership.status}.")
+        raise membership_inactive(community.slug, membership.status)
     if not access.has_role(role):
         raise InsufficientRole(
             f"This needs the {role} role in '{community.slug}'; you are a {membership.role}."

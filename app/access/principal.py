@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.errors import InvalidToken, NotAUser, NotPlatformAdmin
 from app.core.database import DbSession
@@ -58,38 +59,78 @@ class Principal:
         return scope in self.scopes
 
 
-async def get_principal(
-    request: Request,
-    session: DbSession,
-    token: Annotated[str | None, Depends(oauth2_scheme)],
-) -> Principal:
+BearerToken = Annotated[str | None, Depends(oauth2_scheme)]
+
+
+def user_gone() -> InvalidToken:
+    return InvalidToken("The access token's user no longer exists or is disabled.")
+
+
+def client_revoked() -> InvalidToken:
+    return InvalidToken("The access token's client has been revoked.")
+
+
+@dataclass(frozen=True)
+class TokenSubject:
+    """What a valid access token says, before the database is asked whether its user or client
+    may still act. Exactly one of ``user_id`` and ``client_id`` is set."""
+
+    user_id: uuid.UUID | None
+    client_id: uuid.UUID | None
+    scopes: frozenset[str]
+
+    @property
+    def idempotency_scope(self) -> str:
+        return f"user:{self.user_id}" if self.user_id else f"client:{self.client_id}"
+
+
+def token_subject(tokens: TokenService, token: str | None) -> TokenSubject:
     if not token:
         raise InvalidToken("This route needs a bearer access token (POST /v1/auth/token).")
-    tokens: TokenService = request.app.state.tokens
     try:
         claims = tokens.decode_access_token(token)
     except TokenError as exc:
         raise InvalidToken(f"The access token was refused: {exc}.") from exc
-
     subject = claims.subject
     if subject.startswith(USER_SUBJECT_PREFIX):
         user_id = parse_id(subject.removeprefix(USER_SUBJECT_PREFIX))
-        user = await session.get(User, user_id) if user_id else None
-        if user is None or not user.is_active:
-            raise InvalidToken("The access token's user no longer exists or is disabled.")
-        return Principal(user=user, client=None, scopes=frozenset())
+        if user_id is None:
+            raise user_gone()
+        return TokenSubject(user_id=user_id, client_id=None, scopes=claims.scopes)
     if subject.startswith(CLIENT_SUBJECT_PREFIX):
-        client_uuid = parse_id(subject.removeprefix(CLIENT_SUBJECT_PREFIX))
-        client = (
-            await session.scalar(select(ApiClient).where(ApiClient.id == client_uuid))
-            if client_uuid
-            else None
-        )
-        if client is None or client.revoked_at is not None:
-            raise InvalidToken("The access token's client has been revoked.")
-        # A token never carries more than the client holds now.
-        return Principal(user=None, client=client, scopes=claims.scopes & frozenset(client.scopes))
+        client_id = parse_id(subject.removeprefix(CLIENT_SUBJECT_PREFIX))
+        if client_id is None:
+            raise client_revoked()
+        return TokenSubject(user_id=None, client_id=client_id, scopes=claims.scopes)
     raise InvalidToken("The access token's subject is not recognised.")
+
+
+async def principal_of(session: AsyncSession, subject: TokenSubject) -> Principal:
+    """The user or client a token names, provided it may still act."""
+    if subject.user_id is not None:
+        user = await session.get(User, subject.user_id)
+        if user is None or not user.is_active:
+            raise user_gone()
+        return Principal(user=user, client=None, scopes=frozenset())
+    client = await session.scalar(select(ApiClient).where(ApiClient.id == subject.client_id))
+    if client is None or client.revoked_at is not None:
+        raise client_revoked()
+    # A token never carries more than the client holds now.
+    return Principal(user=None, client=client, scopes=subject.scopes & frozenset(client.scopes))
+
+
+async def get_principal(request: Request, session: DbSession, token: BearerToken) -> Principal:
+    return await principal_of(session, token_subject(request.app.state.tokens, token))
+
+
+async def current_token_subject(request: Request, token: BearerToken) -> TokenSubject:
+    """The token's subject, not yet checked against the database (for a route that checks it
+    in the same statement as its work). Declared async so FastAPI runs it inline, not on a
+    worker thread."""
+    return token_subject(request.app.state.tokens, token)
+
+
+CurrentTokenSubject = Annotated[TokenSubject, Depends(current_token_subject)]
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, ClassVar
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -288,12 +289,22 @@ def _allowed_methods(request: Request) -> list[str]:
 
 def database_unavailable(exc: BaseException) -> bool:
     """The database could not be reached or the connection broke (a restart, a failover, a
-    pool exhausted): the request may simply be retried, so the answer is 503, not 500."""
+    pool exhausted): the request may simply be retried, so the answer is 503, not 500. The
+    ledger's single-posting path talks to asyncpg directly, so its connection errors count too.
+    """
     if isinstance(exc, sa_exc.DBAPIError):
         return exc.connection_invalidated or isinstance(
             exc, sa_exc.OperationalError | sa_exc.InterfaceError
         )
-    return isinstance(exc, sa_exc.TimeoutError | sa_exc.DisconnectionError | OSError)
+    return isinstance(
+        exc,
+        sa_exc.TimeoutError
+        | sa_exc.DisconnectionError
+        | OSError
+        | asyncpg.InterfaceError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.exceptions.OperatorInterventionError,
+    )
 
 
 def internal_error_response(request: Request, exc: BaseException) -> JSONResponse:

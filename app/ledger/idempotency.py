@@ -86,7 +86,24 @@ _FORGET = delete(_records).where(*_THIS_KEY)
 _RECORD = insert(_records)
 
 
-def _lock_id(principal: str, key: str) -> int:
+def key_in_progress() -> errors.IdempotencyInProgress:
+    return errors.IdempotencyInProgress(
+        "The first request with this Idempotency-Key has not finished; retry shortly."
+    )
+
+
+def key_reused() -> errors.IdempotencyKeyReused:
+    return errors.IdempotencyKeyReused(
+        "This Idempotency-Key was used for a different request; use a new key."
+    )
+
+
+def key_taken_concurrently() -> errors.IdempotencyInProgress:
+    return errors.IdempotencyInProgress("A concurrent request used this key; retry.")
+
+
+def lock_id(principal: str, key: str) -> int:
+    """The advisory lock a key is held under while its first request runs (PostgreSQL)."""
     digest = hashlib.sha256(f"{principal}\x1f{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
@@ -105,21 +122,17 @@ async def run_idempotent(
     if session.get_bind().dialect.name == "postgresql":
         row = (
             await session.execute(
-                _LOCK_AND_FIND_POSTGRES, {**this_key, "lock_id": _lock_id(key.principal, key.key)}
+                _LOCK_AND_FIND_POSTGRES, {**this_key, "lock_id": lock_id(key.principal, key.key)}
             )
         ).one()
         if not row.locked:
-            raise errors.IdempotencyInProgress(
-                "The first request with this Idempotency-Key has not finished; retry shortly."
-            )
+            raise key_in_progress()
         existing = row if row.request_hash is not None else None
     else:
         existing = (await session.execute(_FIND, this_key)).one_or_none()
     if existing is not None and existing.expires_at > utcnow():
         if existing.request_hash != key.request_hash:
-            raise errors.IdempotencyKeyReused(
-                "This Idempotency-Key was used for a different request; use a new key."
-            )
+            raise key_reused()
         return Outcome(status=existing.response_status, body=existing.response_body, replayed=True)
     if existing is not None:  # expired: the key may be used afresh
         await session.execute(_FORGET, this_key)
@@ -145,7 +158,7 @@ async def run_idempotent(
             },
         )
     except IntegrityError as exc:  # pragma: no cover - a first request committed a moment ago
-        raise errors.IdempotencyInProgress("A concurrent request used this key; retry.") from exc
+        raise key_taken_concurrently() from exc
     return Outcome(status=status, body=body, replayed=False)
 
 

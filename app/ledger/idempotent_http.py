@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Header, Request, Response
 from pydantic import BaseModel
 
-from app.access.principal import Principal
+from app.access.principal import Principal, TokenSubject
 from app.ledger.idempotency import IdempotencyKey, Outcome, request_fingerprint
 
 IdempotencyHeader = Annotated[
@@ -38,7 +38,7 @@ RequiredIdempotencyHeader = Annotated[
 
 
 def idempotency_key(
-    request: Request, principal: Principal, header: str | None, payload: BaseModel
+    request: Request, principal: Principal | TokenSubject, header: str | None, payload: BaseModel
 ) -> IdempotencyKey | None:
     """The key this request is made under (keys are scoped per user or client); None when
     an optional header was not sent."""

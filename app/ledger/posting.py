@@ -230,7 +230,7 @@ async def post_transactions(
             sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
             if sqlstate not in RETRYABLE_SQLSTATES or attempt == MAX_ATTEMPTS or not use_savepoint:
                 if sqlstate in RETRYABLE_SQLSTATES:
-                    raise errors.LedgerBusy("The ledger stayed busy; retry shortly.") from exc
+                    raise ledger_busy() from exc
                 raise
     outcomes.update(posted)
     return [outcomes[i] for i in range(len(requests))]
@@ -493,12 +493,41 @@ def _check_accounts(
     Checked per request, not per call: in a non-atomic batch one item naming an unknown
     account is that item's refusal, not the whole batch's.
     """
-    missing = [account_id for account_id, _ in request.lines if account_id not in states]
+    missing = [str(account_id) for account_id, _ in request.lines if account_id not in states]
     if missing:
-        raise errors.AccountNotFound(
-            f"No account {missing[0]} in community '{community.slug}'.",
-            extra={"account_ids": [str(a) for a in missing]},
-        )
+        raise account_not_found(missing, community.slug)
+
+
+def ledger_busy() -> errors.LedgerBusy:
+    return errors.LedgerBusy("The ledger stayed busy; retry shortly.")
+
+
+def account_not_found(missing: Sequence[str], slug: str) -> errors.AccountNotFound:
+    return errors.AccountNotFound(
+        f"No account {missing[0]} in community '{slug}'.", extra={"account_ids": list(missing)}
+    )
+
+
+def account_closed(account_id: object) -> errors.AccountClosed:
+    return errors.AccountClosed(f"Account {account_id} is closed.")
+
+
+def insufficient_balance(
+    account_id: object, balance: int, after: int, limit: int
+) -> errors.InsufficientBalance:
+    return errors.InsufficientBalance(
+        f"Account {account_id} would fall to {after} minutes; its limit is {limit}.",
+        extra={"account_id": str(account_id), "balance": balance, "limit": limit},
+    )
+
+
+def over_balance_cap(
+    account_id: object, balance: int, after: int, limit: int
+) -> errors.OverBalanceCap:
+    return errors.OverBalanceCap(
+        f"Account {account_id} would rise to {after} minutes; its cap is {limit}.",
+        extra={"account_id": str(account_id), "balance": balance, "limit": limit},
+    )
 
 
 def _apply_limits(
@@ -514,28 +543,12 @@ def _apply_limits(
     for account_id, minutes in request.lines:
         state = states[account_id]
         if state.status != AccountStatus.open:
-            raise errors.AccountClosed(f"Account {account_id} is closed.")
+            raise account_closed(account_id)
         after = state.balance + minutes
         if minutes < 0 and after < state.min_balance:
-            raise errors.InsufficientBalance(
-                f"Account {account_id} would fall to {after} minutes; its limit is "
-                f"{state.min_balance}.",
-                extra={
-                    "account_id": str(account_id),
-                    "balance": state.balance,
-                    "limit": state.min_balance,
-                },
-            )
+            raise insufficient_balance(account_id, state.balance, after, state.min_balance)
         if minutes > 0 and after > state.max_balance:
-            raise errors.OverBalanceCap(
-                f"Account {account_id} would rise to {after} minutes; its cap is "
-                f"{state.max_balance}.",
-                extra={
-                    "account_id": str(account_id),
-                    "balance": state.balance,
-                    "limit": state.max_balance,
-                },
-            )
+            raise over_balance_cap(account_id, state.balance, after, state.max_balance)
         new_balances[account_id] = after
     return new_balances
 

@@ -51,6 +51,10 @@ CursorValue = TypeVar("CursorValue")
 # --- who may write ------------------------------------------------------------------------
 
 
+def not_a_ledger_writer() -> InsufficientRole:
+    return InsufficientRole("Only coordinators and admins post transactions directly.")
+
+
 def require_ledger_writer(access: CommunityAccess) -> Poster:
     """Coordinators, admins and partner clients with ``ledger:write`` post transactions."""
     principal = access.principal
@@ -59,7 +63,7 @@ def require_ledger_writer(access: CommunityAccess) -> Poster:
             raise InsufficientScope("Posting transactions needs the ledger:write scope.")
         return Poster(client_id=principal.client.id)
     if not access.has_role(MemberRole.coordinator):
-        raise InsufficientRole("Only coordinators and admins post transactions directly.")
+        raise not_a_ledger_writer()
     assert principal.user is not None
     return Poster(user_id=principal.user.id)
 
@@ -133,7 +137,7 @@ async def update_limits(
 # --- posting ------------------------------------------------------------------------------
 
 
-def _posting_request(session_community: Community, data: TransactionCreate) -> PostingRequest:
+def posting_request(data: TransactionCreate) -> PostingRequest:
     lines = []
     for entry in data.entries:
         account_id = parse_id(entry.account_id)
@@ -149,7 +153,7 @@ def _posting_request(session_community: Community, data: TransactionCreate) -> P
     )
 
 
-def _check_occurred_on(data: TransactionCreate) -> None:
+def check_occurred_on(data: TransactionCreate) -> None:
     if data.occurred_on is not None and data.occurred_on > utcnow().date():
         raise Unprocessable("occurred_on cannot be in the future.")
 
@@ -169,10 +173,8 @@ async def create_transaction(
     session: AsyncSession, access: CommunityAccess, data: TransactionCreate
 ) -> TransactionRead:
     poster = require_ledger_writer(access)
-    _check_occurred_on(data)
-    posted = await post_transaction(
-        session, access.community, _posting_request(access.community, data), poster=poster
-    )
+    check_occurred_on(data)
+    posted = await post_transaction(session, access.community, posting_request(data), poster=poster)
     return transaction_read(posted)
 
 
@@ -184,8 +186,8 @@ async def create_batch(
     early: dict[int, DomainError] = {}
     for index, item in enumerate(data.transactions):
         try:
-            _check_occurred_on(item)
-            requests.append(_posting_request(access.community, item))
+            check_occurred_on(item)
+            requests.append(posting_request(item))
         except DomainError as exc:
             if data.atomic:
                 raise errors.BatchRefused(

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
@@ -20,6 +25,24 @@ def _unreachable_database_url(tmp_path_str: str) -> str:
         # Nothing listens on port 1; the connection is refused at once.
         return PG_URL.replace("127.0.0.1:5432", "127.0.0.1:1")
     return f"sqlite+aiosqlite:///{tmp_path_str}/missing-dir/deeper/timebank.db"
+
+
+@asynccontextmanager
+async def _serving_an_unreachable_database(
+    serve: ServeApp, tmp_path: object
+) -> AsyncIterator[AsyncClient]:
+    """An app whose database cannot be opened. On SQLite, aiosqlite stops the worker thread of
+    a connection that failed to open by a message to that thread, which answers on the event
+    loop: wait for those threads to end while this test's loop still runs, or one reports to a
+    closed loop during a later test (how soon it answers depends on the machine's load)."""
+    url = _unreachable_database_url(str(tmp_path))
+    assert url != PG_URL
+    before = set(threading.enumerate())
+    async with serve(create_app(make_settings(url))) as client:
+        yield client
+    for thread in set(threading.enumerate()) - before:
+        if thread.name.endswith("(_connection_worker_thread)"):
+            await asyncio.to_thread(thread.join, 10)
 
 
 def _request_counts(exposition: str) -> dict[tuple[str, str, str], float]:
@@ -42,10 +65,7 @@ async def test_healthz_and_readyz_answer_ok(client: AsyncClient) -> None:
 async def test_readyz_is_503_while_healthz_stays_up_when_the_database_is_unreachable(
     serve: ServeApp, tmp_path: object
 ) -> None:
-    url = _unreachable_database_url(str(tmp_path))
-    assert url != PG_URL
-    app = create_app(make_settings(url))
-    async with serve(app) as client:
+    async with _serving_an_unreachable_database(serve, tmp_path) as client:
         ready = await client.get("/readyz")
         alive = await client.get("/healthz")
 
@@ -165,8 +185,7 @@ async def test_without_configured_origins_no_cross_origin_access_is_granted(
 async def test_a_request_that_cannot_reach_the_database_is_a_retryable_503(
     serve: ServeApp, tmp_path: object
 ) -> None:
-    app = create_app(make_settings(_unreachable_database_url(str(tmp_path))))
-    async with serve(app) as client:
+    async with _serving_an_unreachable_database(serve, tmp_path) as client:
         response = await client.post(
             "/v1/auth/token",
             data={"grant_type": "password", "username": "a@example.org", "password": "x" * 12},

@@ -1,0 +1,249 @@
+"""PostgreSQL: one function posts a single transaction, with its checks and idempotency record.
+
+``POST /v1/communities/{community_id}/transactions`` is the ledger's hot path. Through the
+general engine it took eight round trips (begin, user, community and membership, key lock
+and record, account locks, the write, the record, commit), each costing far more CPU in the
+service than in the database. ``ledger_post_transaction`` does the same work in one call,
+in one statement's transaction: who is asking and their part in the community, the
+``Idempotency-Key`` (advisory lock, stored record, replay or refusal), the accounts locked in
+ascending id order with the community's limits share-locked, the limit rule, the writes, and
+the stored response. The service renders everything it can before the call (ids, content
+hash, the response up to the entries) and checks the request's shape; the rules it does not
+see are stated here and in ``app/ledger/posting.py`` alike, and the ledger's test suite runs
+against both (SQLite has the Python engine only). See ``app/ledger/single_post.py``.
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-11-26 19:00:00.000000
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0008"
+down_revision: str | None = "0007"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+FUNCTION = r"""
+CREATE FUNCTION ledger_post_transaction(
+    p_user uuid,
+    p_client uuid,
+    p_token_can_write boolean,
+    p_community uuid,
+    p_principal text,
+    p_key text,
+    p_request_hash text,
+    p_method text,
+    p_path text,
+    p_lock_id bigint,
+    p_now timestamptz,
+    p_expires_at timestamptz,
+    p_refused boolean,
+    p_transaction uuid,
+    p_kind text,
+    p_memo text,
+    p_occurred_on date,
+    p_details jsonb,
+    p_content_hash text,
+    p_accounts uuid[],
+    p_minutes bigint[],
+    p_body_prefix text,
+    p_body_suffix text,
+    OUT outcome text,
+    OUT detail jsonb,
+    OUT response_status integer,
+    OUT response_body text
+) LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_user record;
+    v_client record;
+    v_community record;
+    v_member record;
+    v_record record;
+    v_account record;
+    v_expired boolean := false;
+    v_missing text[];
+    v_after bigint;
+    v_balances bigint[] := '{}';
+    v_versions bigint[] := '{}';
+BEGIN
+    -- Who is asking (app.access.principal.get_principal).
+    IF p_user IS NOT NULL THEN
+        SELECT u.is_active, u.is_platform_admin INTO v_user FROM users AS u WHERE u.id = p_user;
+        IF NOT FOUND OR NOT v_user.is_active THEN
+            outcome := 'invalid_user';
+            RETURN;
+        END IF;
+    ELSE
+        SELECT c.community_id, c.revoked_at, c.scopes INTO v_client
+        FROM api_clients AS c WHERE c.id = p_client;
+        IF NOT FOUND OR v_client.revoked_at IS NOT NULL THEN
+            outcome := 'invalid_client';
+            RETURN;
+        END IF;
+    END IF;
+
+    -- Their part in the community (app.access.community.authorise, role member).
+    SELECT c.slug INTO v_community FROM communities AS c WHERE c.id = p_community;
+    IF NOT FOUND THEN
+        outcome := 'community_not_found';
+        RETURN;
+    END IF;
+    IF p_client IS NOT NULL THEN
+        IF v_client.community_id <> p_community THEN
+            outcome := 'client_of_another_community';
+            RETURN;
+        END IF;
+        IF NOT (p_token_can_write AND v_client.scopes ? 'ledger:write') THEN
+            outcome := 'insufficient_scope';
+            RETURN;
+        END IF;
+    ELSIF NOT v_user.is_platform_admin THEN
+        SELECT m.status, m.role INTO v_member
+        FROM members AS m WHERE m.community_id = p_community AND m.user_id = p_user;
+        IF NOT FOUND THEN
+            outcome := 'not_a_member';
+            detail := jsonb_build_object('slug', v_community.slug);
+            RETURN;
+        END IF;
+        IF v_member.status <> 'active' THEN
+            outcome := 'membership_inactive';
+            detail := jsonb_build_object('slug', v_community.slug, 'status', v_member.status);
+            RETURN;
+        END IF;
+    END IF;
+
+    -- The Idempotency-Key (app.ledger.idempotency.run_idempotent).
+    IF NOT pg_try_advisory_xact_lock(p_lock_id) THEN
+        outcome := 'in_progress';
+        RETURN;
+    END IF;
+    SELECT r.request_hash, r.response_status, r.response_body, r.expires_at INTO v_record
+    FROM idempotency_records AS r WHERE r.principal = p_principal AND r.key = p_key;
+    IF FOUND THEN
+        IF v_record.expires_at > p_now THEN
+            IF v_record.request_hash <> p_request_hash THEN
+                outcome := 'key_reused';
+                RETURN;
+            END IF;
+            outcome := 'replay';
+            response_status := v_record.response_status;
+            response_body := v_record.response_body;
+            RETURN;
+        END IF;
+        v_expired := true;
+    END IF;
+
+    -- Who may post directly (app.ledger.service.require_ledger_writer).
+    IF p_user IS NOT NULL THEN
+        IF NOT v_user.is_platform_admin THEN
+            IF v_member.role NOT IN ('coordinator', 'admin') THEN
+                outcome := 'not_a_ledger_writer';
+                RETURN;
+            END IF;
+        END IF;
+    END IF;
+    IF p_refused THEN
+        -- The service found the request itself wanting; it says why.
+        outcome := 'refused_by_service';
+        RETURN;
+    END IF;
+
+    -- The posting (app.ledger.posting): lock, check, write.
+    PERFORM 1 FROM accounts AS a JOIN communities AS c ON c.id = a.community_id
+    WHERE a.id = ANY(p_accounts) ORDER BY a.id FOR UPDATE OF a FOR SHARE OF c;
+    SELECT array_agg(l.account::text ORDER BY l.n) INTO v_missing
+    FROM unnest(p_accounts) WITH ORDINALITY AS l(account, n)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM accounts AS a WHERE a.id = l.account AND a.community_id = p_community
+    );
+    IF v_missing IS NOT NULL THEN
+        outcome := 'account_not_found';
+        detail := jsonb_build_object('slug', v_community.slug, 'account_ids', to_jsonb(v_missing));
+        RETURN;
+    END IF;
+    FOR i IN 1 .. cardinality(p_accounts) LOOP
+        SELECT a.status, a.balance, a.version,
+               coalesce(a.min_balance, c.default_min_balance) AS min_balance,
+               coalesce(a.max_balance, c.default_max_balance) AS max_balance
+        INTO v_account
+        FROM accounts AS a JOIN communities AS c ON c.id = a.community_id
+        WHERE a.id = p_accounts[i];
+        IF v_account.status <> 'open' THEN
+            outcome := 'account_closed';
+            detail := jsonb_build_object('account_id', p_accounts[i]);
+            RETURN;
+        END IF;
+        v_after := v_account.balance + p_minutes[i];
+        IF p_minutes[i] < 0 AND v_after < v_account.min_balance THEN
+            outcome := 'insufficient_balance';
+            detail := jsonb_build_object('account_id', p_accounts[i], 'balance', v_account.balance,
+                                         'after', v_after, 'limit', v_account.min_balance);
+            RETURN;
+        END IF;
+        IF p_minutes[i] > 0 AND v_after > v_account.max_balance THEN
+            outcome := 'over_balance_cap';
+            detail := jsonb_build_object('account_id', p_accounts[i], 'balance', v_account.balance,
+                                         'after', v_after, 'limit', v_account.max_balance);
+            RETURN;
+        END IF;
+        v_balances := v_balances || v_after;
+        v_versions := v_versions || (v_account.version + 1);
+    END LOOP;
+
+    INSERT INTO transactions (id, community_id, kind, memo, occurred_on, details, posted_at,
+                              posted_by_user_id, posted_by_client_id, reverses_id, content_hash)
+    VALUES (p_transaction, p_community, p_kind, p_memo, p_occurred_on, p_details, p_now,
+            p_user, p_client, NULL, p_content_hash);
+    INSERT INTO entries (transaction_id, account_id, amount, balance_after, account_version,
+                         posted_at)
+    SELECT p_transaction, l.account, l.minutes, l.balance, l.version, p_now
+    FROM unnest(p_accounts, p_minutes, v_balances, v_versions)
+         WITH ORDINALITY AS l(account, minutes, balance, version, n)
+    ORDER BY l.n;
+    UPDATE accounts AS a
+    SET balance = l.balance, version = l.version,
+        earned_total = a.earned_total + greatest(l.minutes, 0),
+        spent_total = a.spent_total + greatest(-l.minutes, 0),
+        updated_at = p_now
+    FROM unnest(p_accounts, p_minutes, v_balances, v_versions) AS l(account, minutes, balance, version)
+    WHERE a.id = l.account;
+
+    -- The response, exactly as the service renders it: its entries spliced in, in order.
+    SELECT p_body_prefix || '[' || string_agg(
+               format('{"id":null,"account_id":"%s","minutes":%s,"balance_after":%s,'
+                      '"account_version":%s}', l.account, l.minutes, l.balance, l.version),
+               ',' ORDER BY l.n) || ']' || p_body_suffix
+    INTO response_body
+    FROM unnest(p_accounts, p_minutes, v_balances, v_versions)
+         WITH ORDINALITY AS l(account, minutes, balance, version, n);
+    IF v_expired THEN
+        DELETE FROM idempotency_records AS r WHERE r.principal = p_principal AND r.key = p_key;
+    END IF;
+    INSERT INTO idempotency_records (principal, key, request_hash, method, path, response_status,
+                                     response_body, transaction_id, created_at, expires_at)
+    VALUES (p_principal, p_key, p_request_hash, p_method, p_path, 201, response_body,
+            p_transaction, p_now, p_expires_at);
+    outcome := 'posted';
+    response_status := 201;
+END
+$fn$
+"""
+
+
+def upgrade() -> None:
+    bind = op.get_bind()
+    if bind.dialect.name == "postgresql":
+        # As the driver's own SQL: the JSON in the body ('"id":null') is not a bind parameter.
+        bind.exec_driver_sql(FUNCTION)
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(
+            "DROP FUNCTION IF EXISTS ledger_post_transaction(uuid, uuid, boolean, uuid, text, text,"
+            " text, text, text, bigint, timestamptz, timestamptz, boolean, uuid, text, text, date,"
+            " jsonb, text, uuid[], bigint[], text, text)"
+        )

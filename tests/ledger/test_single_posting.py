@@ -1,0 +1,237 @@
+"""One posting: every refusal in the order and words of the general path, and the response
+byte for byte as pydantic renders it.
+
+On PostgreSQL ``POST /v1/communities/{community_id}/transactions`` runs as one database
+function (app/ledger/single_post.py, migration 0008) that states the access, idempotency and
+limit rules again; on SQLite the same route runs the general path. The cases here reach states
+no API route creates (a disabled user, a closed account) and the ones it does (a suspended
+membership, a revoked client), so both paths are held to the same answers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import asyncpg
+import pytest
+from fastapi import FastAPI
+from httpx import AsyncClient, Response
+from sqlalchemy import text
+
+from app.core.errors import database_unavailable
+from app.ledger import errors, single_post
+from app.ledger.posting import PostedEntry, PostedTransaction
+from app.ledger.service import transaction_read
+from app.models.ledger import TransactionKind
+from tests.factories import IdentityApi, expect
+from tests.ledger.helpers import books_snapshot, check_books, open_books, refused
+from tests.reconciliation.helpers import db_id
+
+pytestmark = pytest.mark.anyio
+
+
+async def _sql(app: FastAPI, statement: str, **params: Any) -> None:
+    async with app.state.engine.begin() as connection:
+        await connection.execute(text(statement), params)
+
+
+async def test_each_refusal_of_a_single_posting_names_its_reason_and_changes_nothing(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    api = IdentityApi(client, app)
+    books = await open_books(api, members=2)
+    a, b = books.members
+    url = f"/v1/communities/{books.id}/transactions"
+    body = {
+        "entries": [
+            {"account_id": a.account_id, "minutes": 30},
+            {"account_id": b.account_id, "minutes": -30},
+        ]
+    }
+    partner = await api.partner(books.id, books.admin, ["ledger:read", "ledger:write"])
+    expect(
+        await client.post(url, json=body, headers={**partner.headers, "Idempotency-Key": "p1"}), 201
+    )
+    before = await books_snapshot(app)
+
+    async def attempt(headers: dict[str, str], *, to: str = url) -> Response:
+        return await client.post(
+            to, json=body, headers={**headers, "Idempotency-Key": str(uuid.uuid4())}
+        )
+
+    # A community that does not exist, its id written in capitals: the answer quotes it so.
+    written = str(uuid.uuid4()).upper()
+    problem = refused(
+        await attempt(books.admin.headers, to=f"/v1/communities/{written}/transactions"),
+        404,
+        "community_not_found",
+    )
+    assert written in problem["detail"]
+
+    # A plain member may not post directly; a suspended coordinator may not act at all.
+    refused(await attempt(a.headers), 403, "insufficient_role")
+    expect(
+        await client.patch(
+            f"/v1/members/{books.coordinator.member_id}",
+            json={"status": "suspended"},
+            headers=books.admin.headers,
+        ),
+        200,
+    )
+    problem = refused(await attempt(books.coordinator.headers), 403, "membership_inactive")
+    assert "suspended" in problem["detail"]
+
+    # A closed account (no route closes one; an operator can).
+    await _sql(
+        app, "UPDATE accounts SET status = 'closed' WHERE id = :id", id=db_id(app, b.account_id)
+    )
+    problem = refused(await attempt(books.admin.headers), 409, "account_closed")
+    assert b.account_id in problem["detail"]
+    await _sql(
+        app, "UPDATE accounts SET status = 'open' WHERE id = :id", id=db_id(app, b.account_id)
+    )
+
+    # A revoked partner client, and a disabled user: their tokens stop working at once.
+    expect(
+        await client.delete(
+            f"/v1/communities/{books.id}/clients/{partner.client_id}", headers=books.admin.headers
+        ),
+        200,
+    )
+    problem = refused(await attempt(partner.headers), 401, "invalid_token")
+    assert "revoked" in problem["detail"]
+    await _sql(
+        app, "UPDATE users SET is_active = false WHERE id = :id", id=db_id(app, books.admin.user_id)
+    )
+    problem = refused(await attempt(books.admin.headers), 401, "invalid_token")
+    assert "disabled" in problem["detail"]
+
+    assert await books_snapshot(app) == before
+    await check_books(app)
+
+
+async def test_a_posted_transaction_answers_exactly_as_pydantic_renders_it(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """The PostgreSQL function splices the entries into a response pydantic rendered up to
+    them; the whole must be what the general path sends, to the byte, and so must its replay."""
+    api = IdentityApi(client, app)
+    books = await open_books(api, members=3, logins=False)
+    a, b, c = (m.account_id for m in books.members)
+    memo = 'Brought over: "Ana\'s" hours \\ café \u2013 line\nbreak'
+    body = {
+        "kind": "opening",
+        "memo": memo,
+        "occurred_on": "2026-01-31",
+        "details": {"z": [1, 2.5, {"b": None, "a": True}], "a": "é", "m": {"y": 1, "x": -2}},
+        "entries": [
+            {"account_id": c, "minutes": 125},
+            {"account_id": a, "minutes": -100},
+            {"account_id": b, "minutes": -25},
+        ],
+    }
+    headers = {**books.admin.headers, "Idempotency-Key": "exact"}
+    url = f"/v1/communities/{books.id}/transactions"
+    first = await client.post(url, json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    sent = first.json()
+
+    posted = PostedTransaction(
+        id=uuid.UUID(sent["id"]),
+        community_id=uuid.UUID(books.id),
+        kind=TransactionKind.opening,
+        memo=memo,
+        occurred_on=date(2026, 1, 31),
+        details={"a": "é", "m": {"x": -2, "y": 1}, "z": [1, 2.5, {"a": True, "b": None}]},
+        posted_at=datetime.fromisoformat(sent["posted_at"].replace("Z", "+00:00")),
+        posted_by_user_id=uuid.UUID(books.admin.user_id),
+        posted_by_client_id=None,
+        reverses_id=None,
+        content_hash=sent["content_hash"],
+        entries=(
+            PostedEntry(uuid.UUID(c), 125, 125, 1),
+            PostedEntry(uuid.UUID(a), -100, -100, 1),
+            PostedEntry(uuid.UUID(b), -25, -25, 1),
+        ),
+    )
+    assert first.content == transaction_read(posted).model_dump_json().encode()
+
+    replay = await client.post(url, json=body, headers=headers)
+    assert replay.status_code == 201
+    assert replay.headers["Idempotency-Replayed"] == "true"
+    assert replay.content == first.content
+    await check_books(app)
+
+
+class _BrokenDriver:
+    """An engine whose one connection fails the call with ``error``."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        self.invalidated = False
+
+    def connect(self) -> _BrokenDriver:
+        return self
+
+    async def __aenter__(self) -> _BrokenDriver:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def get_raw_connection(self) -> SimpleNamespace:
+        return SimpleNamespace(driver_connection=self)
+
+    async def fetchrow(self, *parameters: object) -> None:
+        raise self.error
+
+    async def invalidate(self) -> None:
+        self.invalidated = True
+
+
+def _unique_violation(constraint: str) -> asyncpg.UniqueViolationError:
+    error = asyncpg.UniqueViolationError("duplicate key value")
+    error.constraint_name = constraint
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "answer", "invalidated"),
+    [
+        # The key's first request committed between this one's lock and its insert.
+        (
+            _unique_violation("uq_idempotency_records_principal_key"),
+            errors.IdempotencyInProgress,
+            False,
+        ),
+        (asyncpg.DeadlockDetectedError("deadlock detected"), errors.LedgerBusy, False),
+        (asyncpg.SerializationError("could not serialize"), errors.LedgerBusy, False),
+        # Anything else is not the client's to retry: it surfaces as it is (a 500).
+        (_unique_violation("pk_transactions"), asyncpg.UniqueViolationError, False),
+        (asyncpg.CheckViolationError("check"), asyncpg.CheckViolationError, False),
+        # A broken connection leaves the pool, and the answer is a retryable 503.
+        (
+            asyncpg.ConnectionDoesNotExistError("connection was closed"),
+            asyncpg.ConnectionDoesNotExistError,
+            True,
+        ),
+        (ConnectionResetError("reset by peer"), ConnectionResetError, True),
+    ],
+)
+async def test_database_errors_of_the_single_posting_call_become_the_general_paths_answers(
+    error: BaseException, answer: type[BaseException], invalidated: bool
+) -> None:
+    engine = _BrokenDriver(error)
+    with pytest.raises(answer):
+        await single_post._call(engine, "parameters")  # type: ignore[arg-type]
+    assert engine.invalidated is invalidated
+    if invalidated:
+        assert database_unavailable(error)
+
+
+def test_an_outcome_the_service_does_not_know_is_a_defect_not_a_refusal() -> None:
+    with pytest.raises(AssertionError, match="surprise"):
+        single_post._refusal("surprise", {}, uuid.uuid4(), "x")

@@ -444,20 +444,34 @@ ORDER BY account_id, version, entry_id
 # (Accounts with a listed entry, "irregular", take _FRESH_CHAINS_SQL: a listed entry may sit
 # below an old one.)
 _CHAINS_FROM_TOTALS = """
+WITH fresh AS (
+  SELECT e.* FROM unnest(CAST(:fresh_entries AS bigint[])) AS f(id) CROSS JOIN LATERAL (
+    SELECT id, account_id, account_version, amount, balance_after FROM entries
+    WHERE id = f.id OFFSET 0
+  ) AS e
+  WHERE e.account_id <> ALL(CAST(:irregular AS uuid[]))
+),
+-- Each account's old entries stand in as one row, version n and balance the total, ahead of
+-- its fresh entries: a window over both, and no join (the row estimates for jsonb_each and
+-- unnest are guesses, which the planner once answered with a nested loop over the totals,
+-- once for each fresh entry: a minute).
+stretch AS (
+  SELECT account_id, n AS version, t AS balance_after, NULL::bigint AS amount,
+    NULL::bigint AS id, true AS old
+  FROM ({totals}) AS totals
+  UNION ALL
+  SELECT account_id, account_version, balance_after, amount, id, false FROM fresh
+)
 SELECT * FROM (
-SELECT e.id AS entry_id, e.account_id, e.account_version AS version, e.amount,
-  e.balance_after,
-  coalesce(lag(e.balance_after) OVER w, coalesce(b.t, 0)) AS previous,
-  coalesce(b.n, 0) + row_number() OVER w AS position
-FROM unnest(CAST(:fresh_entries AS bigint[])) AS f(id) CROSS JOIN LATERAL (
-  SELECT id, account_id, account_version, amount, balance_after FROM entries
-  WHERE id = f.id OFFSET 0
-) AS e
-LEFT JOIN ({totals}) AS b ON b.account_id = e.account_id
-WHERE e.account_id <> ALL(CAST(:irregular AS uuid[]))
-WINDOW w AS (PARTITION BY e.account_id ORDER BY e.account_version, e.id)
+SELECT id AS entry_id, account_id, version, amount, balance_after, old,
+  coalesce(lag(balance_after) OVER w, 0) AS previous,
+  coalesce(max(version) FILTER (WHERE old) OVER (PARTITION BY account_id), 0)
+    + row_number() OVER w
+    - CASE WHEN bool_or(old) OVER (PARTITION BY account_id) THEN 1 ELSE 0 END AS position
+FROM stretch
+WINDOW w AS (PARTITION BY account_id ORDER BY old DESC, version, id)
 ) AS chained
-WHERE balance_after IS DISTINCT FROM previous + amount OR version <> position
+WHERE NOT old AND (balance_after IS DISTINCT FROM previous + amount OR version <> position)
 ORDER BY account_id, version, entry_id
 """
 

@@ -101,6 +101,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=API_DESCRIPTION,
         lifespan=lifespan,
         openapi_tags=OPENAPI_TAGS,
+        # The service exports its own Prometheus metrics and JSON logs (app.core.observability).
+        # FastAPI's native OpenTelemetry hooks would look up tracer, meter and logger
+        # providers on every request and dependency for nothing.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.settings = settings
     app.state.metrics = metrics

@@ -169,16 +169,17 @@ class RequestContextMiddleware:
             method = scope["method"]
             self.metrics.requests.labels(method, route_path, str(status)).inc()
             self.metrics.latency.labels(method, route_path).observe(elapsed)
-            access_logger.info(
-                "request",
-                extra={
-                    "method": method,
-                    "path": path,
-                    "route": route_path,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                },
-            )
+            if access_logger.isEnabledFor(logging.INFO):
+                access_logger.info(
+                    "request",
+                    extra={
+                        "method": method,
+                        "path": path,
+                        "route": route_path,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                    },
+                )
             request_id_var.reset(token)
 
 

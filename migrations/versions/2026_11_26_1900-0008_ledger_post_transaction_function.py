@@ -57,60 +57,71 @@ CREATE FUNCTION ledger_post_transaction(
     OUT response_body text
 ) LANGUAGE plpgsql AS $fn$
 DECLARE
-    v_user record;
-    v_client record;
-    v_community record;
-    v_member record;
+    v_who record;
     v_record record;
     v_account record;
     v_expired boolean := false;
+    v_lines integer := cardinality(p_accounts);
+    v_position integer;
     v_missing text[];
+    v_status text[];
+    v_balance bigint[];
+    v_version bigint[];
+    v_min bigint[];
+    v_max bigint[];
     v_after bigint;
     v_balances bigint[] := '{}';
     v_versions bigint[] := '{}';
 BEGIN
-    -- Who is asking (app.access.principal.get_principal).
+    -- Who is asking (app.access.principal.get_principal) and their part in the community
+    -- (app.access.community.authorise with role member), in one look-up.
     IF p_user IS NOT NULL THEN
-        SELECT u.is_active, u.is_platform_admin INTO v_user FROM users AS u WHERE u.id = p_user;
-        IF NOT FOUND OR NOT v_user.is_active THEN
+        SELECT u.is_active, u.is_platform_admin, c.id IS NOT NULL AS community_found, c.slug,
+               m.user_id IS NOT NULL AS is_member, m.status, m.role
+        INTO v_who
+        FROM users AS u
+        LEFT JOIN communities AS c ON c.id = p_community
+        LEFT JOIN members AS m ON m.community_id = p_community AND m.user_id = p_user
+        WHERE u.id = p_user;
+        IF NOT FOUND OR NOT v_who.is_active THEN
             outcome := 'invalid_user';
             RETURN;
         END IF;
+        IF NOT v_who.community_found THEN
+            outcome := 'community_not_found';
+            RETURN;
+        END IF;
+        IF NOT v_who.is_platform_admin THEN
+            IF NOT v_who.is_member THEN
+                outcome := 'not_a_member';
+                detail := jsonb_build_object('slug', v_who.slug);
+                RETURN;
+            END IF;
+            IF v_who.status <> 'active' THEN
+                outcome := 'membership_inactive';
+                detail := jsonb_build_object('slug', v_who.slug, 'status', v_who.status);
+                RETURN;
+            END IF;
+        END IF;
     ELSE
-        SELECT c.community_id, c.revoked_at, c.scopes INTO v_client
-        FROM api_clients AS c WHERE c.id = p_client;
-        IF NOT FOUND OR v_client.revoked_at IS NOT NULL THEN
+        SELECT cl.community_id, cl.revoked_at, cl.scopes, c.id IS NOT NULL AS community_found
+        INTO v_who
+        FROM api_clients AS cl LEFT JOIN communities AS c ON c.id = p_community
+        WHERE cl.id = p_client;
+        IF NOT FOUND OR v_who.revoked_at IS NOT NULL THEN
             outcome := 'invalid_client';
             RETURN;
         END IF;
-    END IF;
-
-    -- Their part in the community (app.access.community.authorise, role member).
-    SELECT c.slug INTO v_community FROM communities AS c WHERE c.id = p_community;
-    IF NOT FOUND THEN
-        outcome := 'community_not_found';
-        RETURN;
-    END IF;
-    IF p_client IS NOT NULL THEN
-        IF v_client.community_id <> p_community THEN
+        IF NOT v_who.community_found THEN
+            outcome := 'community_not_found';
+            RETURN;
+        END IF;
+        IF v_who.community_id <> p_community THEN
             outcome := 'client_of_another_community';
             RETURN;
         END IF;
-        IF NOT (p_token_can_write AND v_client.scopes ? 'ledger:write') THEN
+        IF NOT (p_token_can_write AND v_who.scopes ? 'ledger:write') THEN
             outcome := 'insufficient_scope';
-            RETURN;
-        END IF;
-    ELSIF NOT v_user.is_platform_admin THEN
-        SELECT m.status, m.role INTO v_member
-        FROM members AS m WHERE m.community_id = p_community AND m.user_id = p_user;
-        IF NOT FOUND THEN
-            outcome := 'not_a_member';
-            detail := jsonb_build_object('slug', v_community.slug);
-            RETURN;
-        END IF;
-        IF v_member.status <> 'active' THEN
-            outcome := 'membership_inactive';
-            detail := jsonb_build_object('slug', v_community.slug, 'status', v_member.status);
             RETURN;
         END IF;
     END IF;
@@ -138,8 +149,8 @@ BEGIN
 
     -- Who may post directly (app.ledger.service.require_ledger_writer).
     IF p_user IS NOT NULL THEN
-        IF NOT v_user.is_platform_admin THEN
-            IF v_member.role NOT IN ('coordinator', 'admin') THEN
+        IF NOT v_who.is_platform_admin THEN
+            IF v_who.role NOT IN ('coordinator', 'admin') THEN
                 outcome := 'not_a_ledger_writer';
                 RETURN;
             END IF;
@@ -151,46 +162,61 @@ BEGIN
         RETURN;
     END IF;
 
-    -- The posting (app.ledger.posting): lock, check, write.
-    PERFORM 1 FROM accounts AS a JOIN communities AS c ON c.id = a.community_id
-    WHERE a.id = ANY(p_accounts) ORDER BY a.id FOR UPDATE OF a FOR SHARE OF c;
-    SELECT array_agg(l.account::text ORDER BY l.n) INTO v_missing
-    FROM unnest(p_accounts) WITH ORDINALITY AS l(account, n)
-    WHERE NOT EXISTS (
-        SELECT 1 FROM accounts AS a WHERE a.id = l.account AND a.community_id = p_community
-    );
-    IF v_missing IS NOT NULL THEN
-        outcome := 'account_not_found';
-        detail := jsonb_build_object('slug', v_community.slug, 'account_ids', to_jsonb(v_missing));
-        RETURN;
-    END IF;
-    FOR i IN 1 .. cardinality(p_accounts) LOOP
-        SELECT a.status, a.balance, a.version,
+    -- The posting (app.ledger.posting): the accounts locked in ascending id order and the
+    -- community's limits share-locked, in one statement; an account of another community is,
+    -- to this one, no account at all.
+    v_status := array_fill(NULL::text, ARRAY[v_lines]);
+    FOR v_account IN
+        SELECT a.id, a.community_id, a.status, a.balance, a.version,
                coalesce(a.min_balance, c.default_min_balance) AS min_balance,
                coalesce(a.max_balance, c.default_max_balance) AS max_balance
-        INTO v_account
         FROM accounts AS a JOIN communities AS c ON c.id = a.community_id
-        WHERE a.id = p_accounts[i];
-        IF v_account.status <> 'open' THEN
+        WHERE a.id = ANY(p_accounts)
+        ORDER BY a.id
+        FOR UPDATE OF a FOR SHARE OF c
+    LOOP
+        IF v_account.community_id = p_community THEN
+            v_position := array_position(p_accounts, v_account.id);
+            v_status[v_position] := v_account.status;
+            v_balance[v_position] := v_account.balance;
+            v_version[v_position] := v_account.version;
+            v_min[v_position] := v_account.min_balance;
+            v_max[v_position] := v_account.max_balance;
+        END IF;
+    END LOOP;
+    FOR i IN 1 .. v_lines LOOP
+        IF v_status[i] IS NULL THEN
+            v_missing := v_missing || p_accounts[i]::text;
+        END IF;
+    END LOOP;
+    IF v_missing IS NOT NULL THEN
+        outcome := 'account_not_found';
+        detail := jsonb_build_object('slug', (SELECT c.slug FROM communities AS c
+                                              WHERE c.id = p_community),
+                                     'account_ids', to_jsonb(v_missing));
+        RETURN;
+    END IF;
+    FOR i IN 1 .. v_lines LOOP
+        IF v_status[i] <> 'open' THEN
             outcome := 'account_closed';
             detail := jsonb_build_object('account_id', p_accounts[i]);
             RETURN;
         END IF;
-        v_after := v_account.balance + p_minutes[i];
-        IF p_minutes[i] < 0 AND v_after < v_account.min_balance THEN
+        v_after := v_balance[i] + p_minutes[i];
+        IF p_minutes[i] < 0 AND v_after < v_min[i] THEN
             outcome := 'insufficient_balance';
-            detail := jsonb_build_object('account_id', p_accounts[i], 'balance', v_account.balance,
-                                         'after', v_after, 'limit', v_account.min_balance);
+            detail := jsonb_build_object('account_id', p_accounts[i], 'balance', v_balance[i],
+                                         'after', v_after, 'limit', v_min[i]);
             RETURN;
         END IF;
-        IF p_minutes[i] > 0 AND v_after > v_account.max_balance THEN
+        IF p_minutes[i] > 0 AND v_after > v_max[i] THEN
             outcome := 'over_balance_cap';
-            detail := jsonb_build_object('account_id', p_accounts[i], 'balance', v_account.balance,
-                                         'after', v_after, 'limit', v_account.max_balance);
+            detail := jsonb_build_object('account_id', p_accounts[i], 'balance', v_balance[i],
+                                         'after', v_after, 'limit', v_max[i]);
             RETURN;
         END IF;
         v_balances := v_balances || v_after;
-        v_versions := v_versions || (v_account.version + 1);
+        v_versions := v_versions || (v_version[i] + 1);
     END LOOP;
 
     INSERT INTO transactions (id, community_id, kind, memo, occurred_on, details, posted_at,

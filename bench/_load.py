@@ -45,6 +45,9 @@ class LoadResult:
     machine_total: float = 0.0
     database_cpu: float = 0.0  # CPU seconds of the database's backends while measuring
     cpu_window: float = 0.0  # seconds over which the CPU figures were taken
+    # Percentiles the load generator computed itself (wrk), when it does not hand over every
+    # latency: {50: ms, 90: ms, 99: ms, 100: max ms}.
+    reported_percentiles_ms: dict[float, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -58,6 +61,8 @@ class LoadResult:
         return (self.server_cpu + self.database_cpu) / self.ok_window * 1e6
 
     def percentile(self, q: float) -> float:
+        if q in self.reported_percentiles_ms:
+            return self.reported_percentiles_ms[q]
         if not self.latencies_ms:
             return float("nan")
         ordered = sorted(self.latencies_ms)

@@ -754,7 +754,11 @@ async def exchanges_posted_once(
             .where(_in_community(Exchange.community_id, community_id))
             .where(Exchange.resolution == Resolution.reversed.value)
             .where(
-                or_(Transaction.id.is_(None), Transaction.reverses_id != Exchange.transaction_id)
+                # IS DISTINCT FROM: a "reversal" that reverses nothing (NULL) is no reversal.
+                or_(
+                    Transaction.id.is_(None),
+                    Transaction.reverses_id.is_distinct_from(Exchange.transaction_id),
+                )
             )
         )
     for exchange_id, reversal_id, reverses in reversed_without:
@@ -794,7 +798,8 @@ WHERE (status = ANY(CAST(:posted AS text[])) AND (found_id IS NULL OR kind <> 'e
 UNION ALL
 SELECT 'reversed', id, status, reversal_transaction_id, NULL, NULL, reverses_id, NULL
 FROM x
-WHERE resolution = :reversed AND (reversal_found IS NULL OR reverses_id <> transaction_id)
+WHERE resolution = :reversed
+  AND (reversal_found IS NULL OR reverses_id IS DISTINCT FROM transaction_id)
 UNION ALL
 SELECT 'claimed', NULL, NULL, NULL, NULL, NULL, NULL,
   count(DISTINCT found_id) FILTER (WHERE kind = 'exchange')

@@ -729,6 +729,11 @@ def _findings(run: dict[str, Any]) -> dict[str, list[Any]]:
             "UPDATE exchanges SET status = 'resolved', resolution = 'reversed', "
             "reversal_transaction_id = :other WHERE id = :posted",
         ),
+        # Resolved by a "reversal" that is no reversal at all: its own transaction.
+        (
+            "UPDATE exchanges SET status = 'resolved', resolution = 'reversed', "
+            "reversal_transaction_id = transaction_id WHERE id = :posted",
+        ),
     ],
 )
 async def test_exchanges_are_checked_incrementally_as_in_full(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import platform
 import subprocess
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -180,45 +182,12 @@ def print_load(label: str, result: LoadResult, workers: int) -> None:
         )
 
 
-async def drive(
-    *,
-    client: str,
-    base_url: str,
-    token: str,
-    path: str,
-    accounts: Sequence[str],
-    concurrency: int,
-    warmup: float,
-    duration: float,
-    server_pids: Sequence[int],
-    database: str | None = None,
-) -> LoadResult:
-    """Single postings from the chosen load generator."""
+async def drive(*, client: str, **load: Any) -> LoadResult:
+    """Single postings from the chosen load generator (``load``: the keyword arguments that
+    ``run_load`` and ``_wrk.run_wrk`` share)."""
     if client == "wrk":
-        return await asyncio.to_thread(
-            _wrk.run_wrk,
-            base_url=base_url,
-            token=token,
-            path=path,
-            accounts=accounts,
-            concurrency=concurrency,
-            warmup=warmup,
-            duration=duration,
-            server_pids=server_pids,
-            database=database,
-        )
-    return await run_load(
-        base_url=base_url,
-        token=token,
-        path=path,
-        accounts=accounts,
-        concurrency=concurrency,
-        warmup=warmup,
-        duration=duration,
-        client=client,
-        server_pids=server_pids,
-        database=database,
-    )
+        return await asyncio.to_thread(functools.partial(_wrk.run_wrk, **load))
+    return await run_load(client=client, **load)
 
 
 async def pg_sessions(database: str) -> int:

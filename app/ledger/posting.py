@@ -8,21 +8,22 @@ A posting is a balanced set of signed minute amounts on accounts of one communit
    never deadlock and never read a stale balance;
 3. applies each posting to the locked balances in memory, refusing one that takes an account
    past a limit (unless it moves an out-of-range balance toward its range);
-4. writes transactions, entries and account totals in three bulk statements.
+4. writes transactions, entries and account totals in one statement on PostgreSQL (arrays
+   through ``unnest``) and three bulk statements on SQLite.
 
 Many postings go through one call (the batch route, imports), so a thousand transfers cost
-three statements, not three thousand. On PostgreSQL a deadlock or serialization failure rolls
+one to three statements, not three thousand. On PostgreSQL a single posting from the HTTP
+route takes ``app/ledger/single_post.py`` instead, which states these rules again in one
+database function. On PostgreSQL a deadlock or serialization failure rolls
 back to a savepoint and the engine retries a bounded number of times.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, cast
@@ -87,12 +88,6 @@ class PostedTransaction:
     reverses_id: uuid.UUID | None
     content_hash: str
     entries: tuple[PostedEntry, ...]
-
-
-WhileWriting = Callable[[Sequence[PostedTransaction]], None]
-"""Work the caller can do on transactions already computed while the database writes them
-(rendering a batch response): called once per written chunk, in order. A retried attempt
-calls it again for its own, new transactions."""
 
 
 @dataclass(frozen=True)
@@ -184,7 +179,6 @@ async def post_transactions(
     *,
     poster: Poster,
     atomic: bool,
-    while_writing: WhileWriting | None = None,
 ) -> list[PostingOutcome]:
     """Post many transactions in order.
 
@@ -216,13 +210,9 @@ async def post_transactions(
         try:
             if use_savepoint:
                 async with session.begin_nested():
-                    posted = await _lock_apply_write(
-                        session, community, valid, poster, atomic, while_writing
-                    )
+                    posted = await _lock_apply_write(session, community, valid, poster, atomic)
             else:
-                posted = await _lock_apply_write(
-                    session, community, valid, poster, atomic, while_writing
-                )
+                posted = await _lock_apply_write(session, community, valid, poster, atomic)
             break
         except IntegrityError:
             raise
@@ -242,156 +232,58 @@ async def _lock_apply_write(
     requests: list[tuple[int, PostingRequest]],
     poster: Poster,
     atomic: bool,
-    while_writing: WhileWriting | None,
 ) -> dict[int, PostingOutcome]:
     # Locked in ascending id order by the statement itself (ORDER BY id), not by this list.
     account_ids = list({account for _, r in requests for account, _ in r.lines})
     states = await _lock_accounts(session, community, account_ids)
 
     outcomes: dict[int, PostingOutcome] = {}
+    written: list[PostedTransaction] = []
     posted_at = utcnow()
-    writer = _ChunkWriter(session, posted_at, while_writing)
     transaction_ids = iter(new_ids(len(requests)))
-    try:
-        for index, request in requests:
-            try:
-                _check_accounts(request, states, community)
-                new_balances = _apply_limits(request, states)
-            except errors.LedgerError as exc:
-                if atomic:
-                    exc.index = index
-                    raise
-                outcomes[index] = PostingOutcome(index=index, error=exc)
-                continue
-            transaction_id = next(transaction_ids)
-            entries = []
-            for account_id, minutes in request.lines:
-                state = states[account_id]
-                state.balance = new_balances[account_id]
-                state.version += 1
-                if minutes > 0:
-                    state.earned_total += minutes
-                else:
-                    state.spent_total -= minutes
-                state.touched = True
-                entries.append(PostedEntry(account_id, minutes, state.balance, state.version))
-            posted = PostedTransaction(
-                id=transaction_id,
-                community_id=community.id,
-                kind=request.kind,
-                memo=request.memo,
-                occurred_on=request.occurred_on,
-                details=dict(request.details),
-                posted_at=posted_at,
-                posted_by_user_id=poster.user_id,
-                posted_by_client_id=poster.client_id,
-                reverses_id=request.reverses_id,
-                content_hash=content_hash(transaction_id, community.id, request),
-                entries=tuple(entries),
-            )
-            outcomes[index] = PostingOutcome(index=index, posted=posted)
-            await writer.add(posted)
-        await writer.finish(states)
-    except BaseException:
-        await writer.abandon()
-        raise
-    return outcomes
+    for index, request in requests:
+        try:
+            _check_accounts(request, states, community)
+            new_balances = _apply_limits(request, states)
+        except errors.LedgerError as exc:
+            if atomic:
+                exc.index = index
+                raise
+            outcomes[index] = PostingOutcome(index=index, error=exc)
+            continue
+        transaction_id = next(transaction_ids)
+        entries = []
+        for account_id, minutes in request.lines:
+            state = states[account_id]
+            state.balance = new_balances[account_id]
+            state.version += 1
+            if minutes > 0:
+                state.earned_total += minutes
+            else:
+                state.spent_total -= minutes
+            state.touched = True
+            entries.append(PostedEntry(account_id, minutes, state.balance, state.version))
+        posted = PostedTransaction(
+            id=transaction_id,
+            community_id=community.id,
+            kind=request.kind,
+            memo=request.memo,
+            occurred_on=request.occurred_on,
+            details=dict(request.details),
+            posted_at=posted_at,
+            posted_by_user_id=poster.user_id,
+            posted_by_client_id=poster.client_id,
+            reverses_id=request.reverses_id,
+            content_hash=content_hash(transaction_id, community.id, request),
+            entries=tuple(entries),
+        )
+        outcomes[index] = PostingOutcome(index=index, posted=posted)
+        written.append(posted)
 
-
-class _ChunkWriter:
-    """Writes posted transactions, their entries and the accounts' new totals.
-
-    On PostgreSQL a batch is written in chunks, each one statement sent while the engine goes
-    on preparing the next chunk (and the caller renders the last one, ``while_writing``): the
-    database inserts chunk *n* while Python works out chunk *n + 1*, so a batch costs roughly
-    the larger of the two, not their sum. The first chunks are small so that the database
-    starts early. At most one statement is in flight and nothing else touches the session
-    meanwhile; a refusal or error waits for it (``abandon``) before the caller rolls back.
-    Elsewhere (SQLite runs in one thread anyway) everything is written at the end in three
-    bulk statements.
-    """
-
-    FIRST_CHUNK = 32
-    CHUNK = 128
-
-    def __init__(
-        self, session: AsyncSession, posted_at: datetime, while_writing: WhileWriting | None
-    ) -> None:
-        self.session = session
-        self.posted_at = posted_at
-        self.while_writing = while_writing
-        self.overlap = session.get_bind().dialect.name == "postgresql"
-        self.chunk = self.FIRST_CHUNK
-        self.pending: list[PostedTransaction] = []
-        self.in_flight: asyncio.Future[Any] | None = None
-
-    async def add(self, posted: PostedTransaction) -> None:
-        self.pending.append(posted)
-        if self.overlap and len(self.pending) >= self.chunk:
-            self.chunk = min(2 * self.chunk, self.CHUNK)
-            await self._send()
-
-    async def finish(self, states: Mapping[uuid.UUID, _AccountState]) -> None:
+    if written:
         touched = [s for s in states.values() if s.touched]
-        if not touched:
-            await self._drain()
-            return
-        if self.overlap:
-            await self._send(touched)
-            await self._drain()
-        else:
-            if self.while_writing is not None:
-                self.while_writing(self.pending)
-            await _write_three_statements(self.session, self.pending, touched, self.posted_at)
-
-    async def abandon(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._drain()
-
-    async def _drain(self) -> None:
-        if self.in_flight is not None:
-            in_flight, self.in_flight = self.in_flight, None
-            await in_flight
-
-    async def _send(self, touched: Sequence[_AccountState] = ()) -> None:
-        chunk, self.pending = self.pending, []
-        parameters = self._postgres_parameters(chunk, touched)
-        await self._drain()
-        self.in_flight = asyncio.ensure_future(self.session.execute(_WRITE_POSTGRES, parameters))
-        # Let the statement reach the server before going back to Python work.
-        await asyncio.sleep(0)
-        if self.while_writing is not None:
-            self.while_writing(chunk)
-
-    def _postgres_parameters(
-        self, chunk: Sequence[PostedTransaction], touched: Sequence[_AccountState]
-    ) -> dict[str, Any]:
-        entries = [(t.id, e) for t in chunk for e in t.entries]
-        return {
-            "t_id": [t.id for t in chunk],
-            "t_community": [t.community_id for t in chunk],
-            "t_kind": [t.kind.value for t in chunk],
-            "t_memo": [t.memo for t in chunk],
-            "t_occurred": [t.occurred_on for t in chunk],
-            "t_details": [json.dumps(t.details) for t in chunk],
-            "t_posted": [self.posted_at] * len(chunk),
-            "t_user": [t.posted_by_user_id for t in chunk],
-            "t_client": [t.posted_by_client_id for t in chunk],
-            "t_reverses": [t.reverses_id for t in chunk],
-            "t_hash": [t.content_hash for t in chunk],
-            "e_transaction": [transaction_id for transaction_id, _ in entries],
-            "e_account": [e.account_id for _, e in entries],
-            "e_amount": [e.minutes for _, e in entries],
-            "e_balance": [e.balance_after for _, e in entries],
-            "e_version": [e.account_version for _, e in entries],
-            "e_posted": [self.posted_at] * len(entries),
-            "posted_at": self.posted_at,
-            "a_id": [s.id for s in touched],
-            "a_balance": [s.balance for s in touched],
-            "a_version": [s.version for s in touched],
-            "a_earned": [s.earned_total for s in touched],
-            "a_spent": [s.spent_total for s in touched],
-        }
+        await _write(session, written, touched, posted_at)
+    return outcomes
 
 
 _LOCK_ACCOUNTS_POSTGRES = text(
@@ -584,12 +476,46 @@ _WRITE_POSTGRES = text(
 )
 
 
-async def _write_three_statements(
+async def _write(
     session: AsyncSession,
     posted: Sequence[PostedTransaction],
     touched: Sequence[_AccountState],
     posted_at: datetime,
 ) -> None:
+    """Write transactions, entries and account totals: on PostgreSQL in one statement (arrays
+    through ``unnest``: one round trip, one prepared statement for any size); elsewhere in
+    three bulk statements."""
+    if session.get_bind().dialect.name == "postgresql":
+        entries = [(t.id, e) for t in posted for e in t.entries]
+        await session.execute(
+            _WRITE_POSTGRES,
+            {
+                "t_id": [t.id for t in posted],
+                "t_community": [t.community_id for t in posted],
+                "t_kind": [t.kind.value for t in posted],
+                "t_memo": [t.memo for t in posted],
+                "t_occurred": [t.occurred_on for t in posted],
+                "t_details": [json.dumps(t.details) for t in posted],
+                "t_posted": [posted_at] * len(posted),
+                "t_user": [t.posted_by_user_id for t in posted],
+                "t_client": [t.posted_by_client_id for t in posted],
+                "t_reverses": [t.reverses_id for t in posted],
+                "t_hash": [t.content_hash for t in posted],
+                "e_transaction": [transaction_id for transaction_id, _ in entries],
+                "e_account": [e.account_id for _, e in entries],
+                "e_amount": [e.minutes for _, e in entries],
+                "e_balance": [e.balance_after for _, e in entries],
+                "e_version": [e.account_version for _, e in entries],
+                "e_posted": [posted_at] * len(entries),
+                "posted_at": posted_at,
+                "a_id": [s.id for s in touched],
+                "a_balance": [s.balance for s in touched],
+                "a_version": [s.version for s in touched],
+                "a_earned": [s.earned_total for s in touched],
+                "a_spent": [s.spent_total for s in touched],
+            },
+        )
+        return
     await session.execute(
         insert(_transactions),
         [

@@ -198,12 +198,6 @@ async def create_batch(
             requests.append(None)
 
     valid = [(i, r) for i, r in enumerate(requests) if r is not None]
-    rendered: dict[uuid.UUID, TransactionRead] = {}
-
-    def render(chunk: Sequence[PostedTransaction]) -> None:
-        for posted in chunk:
-            rendered[posted.id] = transaction_read(posted)
-
     try:
         outcomes = await post_transactions(
             session,
@@ -211,7 +205,6 @@ async def create_batch(
             [r for _, r in valid],
             poster=poster,
             atomic=data.atomic,
-            while_writing=render,
         )
     except errors.LedgerError as exc:
         if exc.index is None:  # pragma: no cover - the engine names the refused request
@@ -232,7 +225,7 @@ async def create_batch(
             results[index] = BatchItemResult.model_construct(
                 index=index,
                 status="posted",
-                transaction=rendered[outcome.posted.id],
+                transaction=transaction_read(outcome.posted),
                 error=None,
             )
         else:

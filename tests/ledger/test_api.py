@@ -15,7 +15,6 @@ from httpx import AsyncClient, Response
 from sqlalchemy import select, text, update
 
 from app.core.clock import utcnow
-from app.ledger.posting import _ChunkWriter
 from app.models import AccountLimitChange, IdempotencyRecord
 from tests.factories import Api, expect
 from tests.ledger.helpers import (
@@ -776,17 +775,17 @@ async def test_a_batch_takes_a_thousand_transactions_and_no_more(
     await check_books(app, limits_unchanged=True)
 
 
-async def test_a_batch_written_in_several_chunks_is_still_all_or_nothing(
+async def test_a_long_batch_is_still_all_or_nothing_and_keeps_its_chains_unbroken(
     client: AsyncClient, app: FastAPI
 ) -> None:
-    """The engine writes a long batch in chunks while it prepares the next; a refusal far into
-    the batch must still leave nothing of the chunks already sent, and a non-atomic batch must
-    keep every account's running balance and version unbroken across chunk boundaries."""
+    """A refusal far into a long batch leaves nothing of what came before it, and a
+    non-atomic batch with refusals scattered through it keeps every account's running balance
+    and version unbroken."""
     api = Api(client, app)
     books = await open_books(api, members=3, logins=False)
     a, b, c = (m.account_id for m in books.members)
     url = f"/v1/communities/{books.id}/transactions/batch"
-    size = 3 * _ChunkWriter.CHUNK + 17
+    size = 401
     late = size - 5
     over_limit = _entries((b, -590_000), (c, 590_000))
 
@@ -808,7 +807,7 @@ async def test_a_batch_written_in_several_chunks_is_still_all_or_nothing(
     assert (problem["index"], problem["reason"]) == (late, "insufficient_balance")
     assert await books_snapshot(app) == before
 
-    refusals = (5, _ChunkWriter.CHUNK, 2 * _ChunkWriter.CHUNK + 1, late)
+    refusals = (5, 128, 257, late)
     result = expect(await post_batch(refusals, atomic=False), 200)
     assert (result["posted"], result["refused"]) == (size - len(refusals), len(refusals))
     refused_at = [r["index"] for r in result["results"] if r["status"] == "refused"]

@@ -50,10 +50,11 @@ class Principal:
 
     @property
     def idempotency_scope(self) -> str:
+        """Keys are scoped per user or client: by the subject their tokens carry."""
         if self.user is not None:
-            return f"user:{self.user.id}"
+            return user_subject(self.user.id)
         assert self.client is not None
-        return f"client:{self.client.id}"
+        return client_subject(self.client.id)
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
@@ -81,7 +82,10 @@ class TokenSubject:
 
     @property
     def idempotency_scope(self) -> str:
-        return f"user:{self.user_id}" if self.user_id else f"client:{self.client_id}"
+        if self.user_id is not None:
+            return user_subject(self.user_id)
+        assert self.client_id is not None
+        return client_subject(self.client_id)
 
 
 def token_subject(tokens: TokenService, token: str | None) -> TokenSubject:
@@ -119,10 +123,6 @@ async def principal_of(session: AsyncSession, subject: TokenSubject) -> Principa
     return Principal(user=None, client=client, scopes=subject.scopes & frozenset(client.scopes))
 
 
-async def get_principal(request: Request, session: DbSession, token: BearerToken) -> Principal:
-    return await principal_of(session, token_subject(request.app.state.tokens, token))
-
-
 async def current_token_subject(request: Request, token: BearerToken) -> TokenSubject:
     """The token's subject, not yet checked against the database (for a route that checks it
     in the same statement as its work). Declared async so FastAPI runs it inline, not on a
@@ -131,6 +131,10 @@ async def current_token_subject(request: Request, token: BearerToken) -> TokenSu
 
 
 CurrentTokenSubject = Annotated[TokenSubject, Depends(current_token_subject)]
+
+
+async def get_principal(subject: CurrentTokenSubject, session: DbSession) -> Principal:
+    return await principal_of(session, subject)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select, text, update
+from sqlalchemy import Table, bindparam, insert, literal, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -309,72 +309,54 @@ async def _lock_accounts(
     """
     if session.get_bind().dialect.name == "postgresql":
         rows = await session.execute(_LOCK_ACCOUNTS_POSTGRES, {"ids": account_ids})
-        # Positional unpacking: a batch locks up to 2,000 accounts, and named access on
-        # result rows costs more than the query.
-        return {
-            id_: _AccountState(
-                id=id_,
-                status=status,
-                min_balance=default_min if min_balance is None else min_balance,
-                max_balance=default_max if max_balance is None else max_balance,
-                balance=balance,
-                version=version,
-                earned_total=earned,
-                spent_total=spent,
+    else:
+        c = _accounts.c
+        rows = await session.execute(
+            select(
+                c.id,
+                c.community_id,
+                c.status,
+                c.min_balance,
+                c.max_balance,
+                c.balance,
+                c.version,
+                c.earned_total,
+                c.spent_total,
+                literal(community.default_min_balance),
+                literal(community.default_max_balance),
             )
-            for (
-                id_,
-                community_id,
-                status,
-                min_balance,
-                max_balance,
-                balance,
-                version,
-                earned,
-                spent,
-                default_min,
-                default_max,
-            ) in rows
-            if community_id == community.id
-        }
-    c = _accounts.c
-    rows = await session.execute(
-        select(
-            c.id,
-            c.community_id,
-            c.status,
-            c.min_balance,
-            c.max_balance,
-            c.balance,
-            c.version,
-            c.earned_total,
-            c.spent_total,
+            .where(c.id.in_(account_ids))
+            .order_by(c.id)
+            .with_for_update()
         )
-        .where(c.id.in_(account_ids))
-        .order_by(c.id)
-        .with_for_update()
-    )
-    states = {}
-    for row in rows:
-        # Another community's account is, to this one, no account at all.
-        if row.community_id == community.id:
-            states[row.id] = _state(
-                row, community.default_min_balance, community.default_max_balance
-            )
-    return states
-
-
-def _state(row: Any, default_min: int, default_max: int) -> _AccountState:
-    return _AccountState(
-        id=row.id,
-        status=row.status,
-        min_balance=default_min if row.min_balance is None else row.min_balance,
-        max_balance=default_max if row.max_balance is None else row.max_balance,
-        balance=row.balance,
-        version=row.version,
-        earned_total=row.earned_total,
-        spent_total=row.spent_total,
-    )
+    # Positional unpacking: a batch locks up to 2,000 accounts, and named access on result rows
+    # costs more than the query. Another community's account is, to this one, no account.
+    return {
+        id_: _AccountState(
+            id=id_,
+            status=status,
+            min_balance=default_min if min_balance is None else min_balance,
+            max_balance=default_max if max_balance is None else max_balance,
+            balance=balance,
+            version=version,
+            earned_total=earned,
+            spent_total=spent,
+        )
+        for (
+            id_,
+            community_id,
+            status,
+            min_balance,
+            max_balance,
+            balance,
+            version,
+            earned,
+            spent,
+            default_min,
+            default_max,
+        ) in rows
+        if community_id == community.id
+    }
 
 
 def _check_accounts(

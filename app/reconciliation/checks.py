@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
@@ -49,7 +49,6 @@ from app.reconciliation.seals import (
     TOTALS_COLUMNS,
     TOTALS_CTES,
     Fresh,
-    figures_sql,
 )
 
 POSTED_EXCHANGE_STATUSES = (
@@ -187,13 +186,16 @@ async def _account_pass(
         # Incremental: every account's figures are the last seal's totals plus the fresh
         # entries; the entries the census vouches for are not summed again.
         # The same statement makes the next seal's totals, should the run seal.
+        # So do the chain tails of the accounts whose entries the last census did not list
+        # (balance_chains takes the "chain" rows).
         params = {
             "seal": str(fresh.totals_of),
             "fresh_entries": fresh.entry_ids,
             "fresh_now": fresh.entry_ids_now,
+            "irregular": list(fresh.irregular_accounts),
         }
         statement = _ACCOUNTS_FROM_TOTALS.format(
-            figures=figures_sql(fresh.totals_of), totals=TOTALS_CTES, columns=TOTALS_COLUMNS
+            seal_totals=SEAL_TOTALS, totals=TOTALS_CTES, columns=TOTALS_COLUMNS
         )
         rows = []
         for row in await session.execute(text(statement), params):
@@ -275,29 +277,77 @@ async def _account_pass(
     return rows
 
 
-# The same rows as the account pass below, from figures_sql (incremental runs only, which are
-# whole-ledger runs), and a last one with the next seal's account totals.
+# Incremental runs only (whole-ledger runs), in one statement over the last seal's account
+# totals and the fresh entries: the rows of the account pass below ("account", "community"),
+# each account's chain tail from the totals ("chain", see balance_chains), and a last row with
+# the next seal's account totals ("totals").
+#
+# Chain tails: an account whose census listed none of its entries had, for the sealing run,
+# only old entries, versions 1..n (its checks passed), all still there unchanged; n and their
+# total are in the totals. So its fresh entries, in version order, must be versions n+1, n+2,
+# ... each balance_after the previous plus its amount, starting from the total: the full
+# check's rule on the tail, without reading the old entries. (Accounts with a listed entry,
+# "irregular", take _FRESH_CHAINS_SQL: a listed entry may sit below an old one.) Each
+# account's old entries stand in as one row, version n and balance the total, ahead of its
+# fresh entries: a window over both, and no join (the row estimates for jsonb_each and unnest
+# are guesses, which the planner once answered with a nested loop over the totals, once for
+# each fresh entry: a minute). The same rows, grouped by account, give its figures.
 _ACCOUNTS_FROM_TOTALS = """
-WITH figures AS ({figures}),
+WITH fresh AS (
+  SELECT e.* FROM unnest(CAST(:fresh_entries AS bigint[])) AS f(id) CROSS JOIN LATERAL (
+    SELECT id, account_id, account_version, amount, balance_after FROM entries
+    WHERE id = f.id OFFSET 0
+  ) AS e
+),
+stretch AS (
+  SELECT account_id, true AS old, n AS version, NULL::bigint AS id, NULL::bigint AS amount,
+    t AS balance_after, n, t, earned, spent
+  FROM ({seal_totals}) AS totals
+  UNION ALL
+  SELECT account_id, false, account_version, id, amount, balance_after, 1, amount,
+    greatest(amount, 0), greatest(-amount, 0)
+  FROM fresh
+),
+chained AS (
+  SELECT *, coalesce(lag(balance_after) OVER w, 0) AS previous,
+    row_number() OVER w
+      + CASE WHEN first_value(old) OVER w THEN first_value(version) OVER w - 1 ELSE 0 END
+      AS position
+  FROM stretch
+  WINDOW w AS (PARTITION BY account_id ORDER BY old DESC, version, id)
+),
+figures AS (
+  SELECT account_id, CAST(sum(n) AS bigint) AS n, CAST(sum(t) AS bigint) AS t,
+    CAST(sum(earned) AS bigint) AS earned, CAST(sum(spent) AS bigint) AS spent
+  FROM chained GROUP BY account_id
+),
 joined AS (
   SELECT a.id, a.community_id, a.balance, a.version, a.earned_total, a.spent_total,
-    CAST(coalesce(f.t, 0) AS bigint) AS e_total, CAST(coalesce(f.n, 0) AS bigint) AS e_count,
-    CAST(coalesce(f.earned, 0) AS bigint) AS e_earned,
-    CAST(coalesce(f.spent, 0) AS bigint) AS e_spent
+    coalesce(f.t, 0) AS e_total, coalesce(f.n, 0) AS e_count,
+    coalesce(f.earned, 0) AS e_earned, coalesce(f.spent, 0) AS e_spent
   FROM accounts a LEFT JOIN figures f ON f.account_id = a.id
 ),
 {totals}
-SELECT 'account' AS kind, id, balance, version, earned_total, spent_total, e_total, e_count,
-  e_earned, e_spent, NULL AS totals, NULL AS digest
+(SELECT 'chain' AS kind, account_id AS id, NULL AS balance, version, NULL AS earned_total,
+  NULL AS spent_total, NULL AS e_total, NULL AS e_count, NULL AS e_earned, NULL AS e_spent,
+  id AS entry_id, amount, balance_after, previous, position, NULL AS totals, NULL AS digest
+FROM chained
+WHERE NOT old AND (balance_after IS DISTINCT FROM previous + amount OR version <> position)
+  AND account_id <> ALL(CAST(:irregular AS uuid[]))
+ORDER BY account_id, version, id)
+UNION ALL
+SELECT 'account', id, balance, version, earned_total, spent_total, e_total, e_count,
+  e_earned, e_spent, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 FROM joined
 WHERE balance <> e_total OR version <> e_count OR earned_total <> e_earned
   OR spent_total <> e_spent
 UNION ALL
 SELECT 'community', community_id, CAST(sum(balance) AS bigint), NULL, NULL, NULL,
-  CAST(sum(e_total) AS bigint), NULL, NULL, NULL, NULL, NULL
+  CAST(sum(e_total) AS bigint), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 FROM joined GROUP BY community_id HAVING sum(balance) <> 0 OR sum(e_total) <> 0
 UNION ALL
-SELECT 'totals', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, {columns} FROM totals
+SELECT 'totals', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+  NULL, NULL, {columns} FROM totals
 """
 
 
@@ -332,6 +382,16 @@ async def cached_totals(
     return result
 
 
+class _ChainRow(NamedTuple):
+    entry_id: int
+    account_id: uuid.UUID
+    version: int
+    amount: int
+    balance_after: int
+    previous: int | None
+    position: int
+
+
 async def balance_chains(
     session: AsyncSession, community_id: uuid.UUID | None, fresh: Fresh | None = None
 ) -> CheckResult:
@@ -344,17 +404,15 @@ async def balance_chains(
         starts = list(fresh.chain_starts.items())  # (the statements order their findings)
         if fresh.totals_of is not None:
             # Where the last seal's account totals say where each chain stood (its old entries
-            # are versions 1..n ending at the total), the fresh entries alone continue it.
-            rows = list(
-                await session.execute(
-                    text(_CHAINS_FROM_TOTALS.format(totals=SEAL_TOTALS)),
-                    {
-                        "seal": str(fresh.totals_of),
-                        "fresh_entries": fresh.entry_ids,
-                        "irregular": list(fresh.irregular_accounts),
-                    },
+            # are versions 1..n ending at the total), the fresh entries alone continue it:
+            # checked by the account pass (_ACCOUNTS_FROM_TOTALS).
+            rows = [
+                _ChainRow(
+                    r.entry_id, r.id, r.version, r.amount, r.balance_after, r.previous, r.position
                 )
-            )
+                for r in await _account_pass(session, community_id, fresh)
+                if r.kind == "chain"
+            ]
             starts = [(a, low) for a, low in starts if a in fresh.irregular_accounts]
         if starts:
             rows += list(
@@ -432,46 +490,6 @@ CROSS JOIN LATERAL (
 WINDOW w AS (PARTITION BY starts.account_id ORDER BY e.account_version, e.id)
 ) AS chained
 WHERE version >= low AND (balance_after IS DISTINCT FROM previous + amount OR version <> position)
-ORDER BY account_id, version, entry_id
-"""
-
-
-# Incremental, from the last seal's account totals: an account whose census listed none of its
-# entries had, for the sealing run, only old entries, versions 1..n (its checks passed), all
-# still there unchanged; n and their total are in the totals. So its fresh entries, in version
-# order, must be versions n+1, n+2, ... each balance_after the previous plus its amount,
-# starting from the total: the full check's rule on the tail, without reading the old entries.
-# (Accounts with a listed entry, "irregular", take _FRESH_CHAINS_SQL: a listed entry may sit
-# below an old one.)
-_CHAINS_FROM_TOTALS = """
-WITH fresh AS (
-  SELECT e.* FROM unnest(CAST(:fresh_entries AS bigint[])) AS f(id) CROSS JOIN LATERAL (
-    SELECT id, account_id, account_version, amount, balance_after FROM entries
-    WHERE id = f.id OFFSET 0
-  ) AS e
-  WHERE e.account_id <> ALL(CAST(:irregular AS uuid[]))
-),
--- Each account's old entries stand in as one row, version n and balance the total, ahead of
--- its fresh entries: a window over both, and no join (the row estimates for jsonb_each and
--- unnest are guesses, which the planner once answered with a nested loop over the totals,
--- once for each fresh entry: a minute).
-stretch AS (
-  SELECT account_id, n AS version, t AS balance_after, NULL::bigint AS amount,
-    NULL::bigint AS id, true AS old
-  FROM ({totals}) AS totals
-  UNION ALL
-  SELECT account_id, account_version, balance_after, amount, id, false FROM fresh
-)
-SELECT * FROM (
-SELECT id AS entry_id, account_id, version, amount, balance_after, old,
-  coalesce(lag(balance_after) OVER w, 0) AS previous,
-  coalesce(max(version) FILTER (WHERE old) OVER (PARTITION BY account_id), 0)
-    + row_number() OVER w
-    - CASE WHEN bool_or(old) OVER (PARTITION BY account_id) THEN 1 ELSE 0 END AS position
-FROM stretch
-WINDOW w AS (PARTITION BY account_id ORDER BY old DESC, version, id)
-) AS chained
-WHERE NOT old AND (balance_after IS DISTINCT FROM previous + amount OR version <> position)
 ORDER BY account_id, version, entry_id
 """
 

@@ -33,6 +33,7 @@ from app.identity.login_throttle import LoginThrottle
 from app.identity.router import auth_router
 from app.identity.router import router as identity_router
 from app.ledger.router import router as ledger_router
+from app.ledger.single_post import single_poster as ledger_single_poster
 from app.network.router import router as network_router
 from app.reconciliation.router import router as reconciliation_router
 from app.reports.router import router as reports_router
@@ -83,8 +84,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(settings)
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
-        if engine.dialect.name == "sqlite":
-            app.state.sqlite_write_lock = asyncio.Lock()
+        write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        if write_lock is not None:
+            app.state.sqlite_write_lock = write_lock
+        single_poster = ledger_single_poster(engine, settings, write_lock)
+        app.state.single_poster = single_poster
         if settings.environment != "test":
             # The test suite opens and closes an event loop per test; there, garbage left by a
             # failed aiosqlite connection must be collected (as by default) before its loop
@@ -93,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await single_poster.close()
             await engine.dispose()
 
     app = FastAPI(

@@ -69,14 +69,7 @@ def create_engine(settings: Settings, *, url: str | None = None) -> AsyncEngine:
 def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        cursor.close()
+        configure_sqlite_connection(dbapi_connection, busy_timeout_ms)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
@@ -88,6 +81,19 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
             connection.exec_driver_sql("BEGIN DEFERRED")
         else:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def configure_sqlite_connection(dbapi_connection: Any, busy_timeout_ms: int) -> None:
+    """Every SQLite connection of the service: WAL, foreign keys, a busy timeout, and
+    transactions begun explicitly (by SQLAlchemy, or by ``BEGIN IMMEDIATE``), not by the
+    sqlite3 module."""
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    cursor.close()
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

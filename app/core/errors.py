@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -290,7 +291,8 @@ def _allowed_methods(request: Request) -> list[str]:
 def database_unavailable(exc: BaseException) -> bool:
     """The database could not be reached or the connection broke (a restart, a failover, a
     pool exhausted): the request may simply be retried, so the answer is 503, not 500. The
-    ledger's single-posting path talks to asyncpg directly, so its connection errors count too.
+    ledger's single-posting path talks to asyncpg and sqlite3 directly, so their connection
+    errors (and SQLite's "database is locked" after its busy timeout) count too.
     """
     if isinstance(exc, sa_exc.DBAPIError):
         return exc.connection_invalidated or isinstance(
@@ -303,7 +305,8 @@ def database_unavailable(exc: BaseException) -> bool:
         | OSError
         | asyncpg.InterfaceError
         | asyncpg.PostgresConnectionError
-        | asyncpg.exceptions.OperatorInterventionError,
+        | asyncpg.exceptions.OperatorInterventionError
+        | sqlite3.OperationalError,
     )
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, cast
@@ -100,7 +100,7 @@ class PostingOutcome:
 
 
 @dataclass
-class _AccountState:
+class AccountState:
     id: uuid.UUID
     status: str
     min_balance: int
@@ -243,8 +243,8 @@ async def _lock_apply_write(
     transaction_ids = iter(new_ids(len(requests)))
     for index, request in requests:
         try:
-            _check_accounts(request, states, community)
-            new_balances = _apply_limits(request, states)
+            check_accounts_known(request, states, community.slug)
+            entries = apply_posting(request, states)
         except errors.LedgerError as exc:
             if atomic:
                 exc.index = index
@@ -252,17 +252,6 @@ async def _lock_apply_write(
             outcomes[index] = PostingOutcome(index=index, error=exc)
             continue
         transaction_id = next(transaction_ids)
-        entries = []
-        for account_id, minutes in request.lines:
-            state = states[account_id]
-            state.balance = new_balances[account_id]
-            state.version += 1
-            if minutes > 0:
-                state.earned_total += minutes
-            else:
-                state.spent_total -= minutes
-            state.touched = True
-            entries.append(PostedEntry(account_id, minutes, state.balance, state.version))
         posted = PostedTransaction(
             id=transaction_id,
             community_id=community.id,
@@ -275,7 +264,7 @@ async def _lock_apply_write(
             posted_by_client_id=poster.client_id,
             reverses_id=request.reverses_id,
             content_hash=content_hash(transaction_id, community.id, request),
-            entries=tuple(entries),
+            entries=entries,
         )
         outcomes[index] = PostingOutcome(index=index, posted=posted)
         written.append(posted)
@@ -300,7 +289,7 @@ _LOCK_ACCOUNTS_POSTGRES = text(
 
 async def _lock_accounts(
     session: AsyncSession, community: Community, account_ids: list[uuid.UUID]
-) -> dict[uuid.UUID, _AccountState]:
+) -> dict[uuid.UUID, AccountState]:
     """Lock the accounts in ascending id order and read their state.
 
     On PostgreSQL the community row is share-locked in the same statement, so its default
@@ -329,10 +318,20 @@ async def _lock_accounts(
             .order_by(c.id)
             .with_for_update()
         )
-    # Positional unpacking: a batch locks up to 2,000 accounts, and named access on result rows
-    # costs more than the query. Another community's account is, to this one, no account.
+    return account_states(rows, community.id)
+
+
+def account_states(
+    rows: Iterable[Sequence[Any]], community_id: uuid.UUID
+) -> dict[uuid.UUID, AccountState]:
+    """The locked accounts' states from rows of (id, community id, status, min balance, max
+    balance, balance, version, earned, spent, community default min, community default max).
+
+    Positional unpacking: a batch locks up to 2,000 accounts, and named access on result rows
+    costs more than the query. Another community's account is, to this one, no account.
+    """
     return {
-        id_: _AccountState(
+        id_: AccountState(
             id=id_,
             status=status,
             min_balance=default_min if min_balance is None else min_balance,
@@ -344,7 +343,7 @@ async def _lock_accounts(
         )
         for (
             id_,
-            community_id,
+            account_community_id,
             status,
             min_balance,
             max_balance,
@@ -355,12 +354,12 @@ async def _lock_accounts(
             default_min,
             default_max,
         ) in rows
-        if community_id == community.id
+        if account_community_id == community_id
     }
 
 
-def _check_accounts(
-    request: PostingRequest, states: Mapping[uuid.UUID, _AccountState], community: Community
+def check_accounts_known(
+    request: PostingRequest, states: Mapping[uuid.UUID, AccountState], community_slug: str
 ) -> None:
     """Refuse a posting naming an account this community does not have.
 
@@ -369,7 +368,7 @@ def _check_accounts(
     """
     missing = [str(account_id) for account_id, _ in request.lines if account_id not in states]
     if missing:
-        raise account_not_found(missing, community.slug)
+        raise account_not_found(missing, community_slug)
 
 
 def ledger_busy() -> errors.LedgerBusy:
@@ -404,8 +403,28 @@ def over_balance_cap(
     )
 
 
+def apply_posting(
+    request: PostingRequest, states: Mapping[uuid.UUID, AccountState]
+) -> tuple[PostedEntry, ...]:
+    """Apply ``request`` to the locked accounts' states and return its entries, or raise the
+    reason it is refused, leaving every state as it was."""
+    new_balances = _apply_limits(request, states)
+    entries = []
+    for account_id, minutes in request.lines:
+        state = states[account_id]
+        state.balance = new_balances[account_id]
+        state.version += 1
+        if minutes > 0:
+            state.earned_total += minutes
+        else:
+            state.spent_total -= minutes
+        state.touched = True
+        entries.append(PostedEntry(account_id, minutes, state.balance, state.version))
+    return tuple(entries)
+
+
 def _apply_limits(
-    request: PostingRequest, states: Mapping[uuid.UUID, _AccountState]
+    request: PostingRequest, states: Mapping[uuid.UUID, AccountState]
 ) -> dict[uuid.UUID, int]:
     """The balances after ``request``, or the reason it is refused.
 
@@ -461,7 +480,7 @@ _WRITE_POSTGRES = text(
 async def _write(
     session: AsyncSession,
     posted: Sequence[PostedTransaction],
-    touched: Sequence[_AccountState],
+    touched: Sequence[AccountState],
     posted_at: datetime,
 ) -> None:
     """Write transactions, entries and account totals: on PostgreSQL in one statement (arrays

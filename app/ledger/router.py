@@ -28,8 +28,8 @@ from app.access.errors import (
     MemberNotFound,
     MembershipInactive,
 )
-from app.access.principal import CurrentTokenSubject, principal_of
-from app.core.database import DbSession, request_session
+from app.access.principal import CurrentTokenSubject
+from app.core.database import DbSession
 from app.core.errors import IdempotencyKeyRequired, InvalidCursor, Unprocessable, error_responses
 from app.core.pagination import Page, Pagination
 from app.ledger import errors, service, single_post
@@ -213,19 +213,9 @@ async def create_transaction(
 ) -> Response:
     key = idempotency_key(request, subject, key_header, body)
     assert key is not None  # the header is required
-    engine = request.app.state.engine
-    if engine.dialect.name == "postgresql":
-        # The hot path: all of what follows in one round trip (app/ledger/single_post.py).
-        return idempotent_reply(
-            await single_post.post_transaction(engine, subject, community, key, body)
-        )
-    async with request_session(request) as session:
-        principal = await principal_of(session, subject)
-        access = await _ledger_writer(community.as_written, session, principal)
-        outcome = await run_idempotent(
-            session, key, _created(lambda: service.create_transaction(session, access, body))
-        )
-    return idempotent_reply(outcome)
+    # The hot path: access, key, checks and writes in one call (app/ledger/single_post.py).
+    posting = single_post.prepare(subject, community, key, body)
+    return idempotent_reply(await request.app.state.single_poster.post(posting))
 
 
 @router.post(

@@ -169,15 +169,6 @@ def transaction_read(
     return read
 
 
-async def create_transaction(
-    session: AsyncSession, access: CommunityAccess, data: TransactionCreate
-) -> TransactionRead:
-    poster = require_ledger_writer(access)
-    check_occurred_on(data)
-    posted = await post_transaction(session, access.community, posting_request(data), poster=poster)
-    return transaction_read(posted)
-
-
 async def create_batch(
     session: AsyncSession, access: CommunityAccess, data: BatchCreate
 ) -> BatchResult:

@@ -1,33 +1,42 @@
-"""One transaction posted on PostgreSQL in one round trip.
+"""One transaction posted in one call to the database.
 
-``POST /v1/communities/{community_id}/transactions`` is the ledger's hot path. The general
-route (the guard dependencies, ``run_idempotent`` and the posting engine) takes eight round
-trips through SQLAlchemy; here the database function ``ledger_post_transaction`` (migration
-0008) does the same work in one statement, in one transaction:
+``POST /v1/communities/{community_id}/transactions`` is the ledger's hot path. Through the
+general route (the guard dependencies, ``run_idempotent`` and the posting engine) it takes
+eight statements, each a round trip from the event loop (to PostgreSQL's socket, or to
+aiosqlite's thread). Here the same work is one call, in one database transaction:
 
 1. the token's user is active, or its client not revoked (``get_principal``);
 2. the caller belongs to the community, or is a platform admin, or is the community's client
    with ``ledger:write`` (``authorise``);
-3. the ``Idempotency-Key``: advisory lock, stored record, replay or refusal
-   (``run_idempotent``);
+3. the ``Idempotency-Key``: stored record, replay or refusal (``run_idempotent``);
 4. the caller may post directly: coordinator, admin or client (``require_ledger_writer``);
 5. the accounts locked in ascending id order, checked and written (the posting engine), and
    the response stored with the key.
 
-Everything that needs no database is done here first, exactly as the general path does it:
-the request's shape (a refusal is only raised once steps 1-4 have passed, so the order of
-refusals is the general path's), the transaction id, its content hash, and the response
-rendered by pydantic up to its entries, which the function splices in with their balances.
+Everything that needs no database is done first, by the general path's own code
+(``prepare``): the request's shape (a refusal is only raised once steps 1-4 have passed, so
+the order of refusals is the general path's), the transaction id and its content hash.
+
+- PostgreSQL (``PostgresSinglePoster``): the database function ``ledger_post_transaction``
+  (migration 0008) states steps 1-5 in PL/pgSQL, with an advisory lock on the key. The
+  response is rendered by pydantic up to its entries, which the function splices in with
+  their balances.
+- SQLite (``app/ledger/single_post_sqlite.py``): steps 1-5 run as plain statements on the
+  poster's own connection, in one hop to its thread, applying the engine's own rules
+  (``account_states``, ``apply_posting``) to the rows it reads.
+
 Each refusal is built by the same factory the general path uses, so codes and texts match;
-the ledger's tests run against this path on PostgreSQL and the engine on SQLite.
+the ledger's test suite runs on both databases.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -42,6 +51,7 @@ from app.access.community import (
 )
 from app.access.principal import TokenSubject, client_revoked, user_gone
 from app.core.clock import utcnow
+from app.core.config import Settings
 from app.core.errors import DomainError
 from app.core.ids import new_id
 from app.ledger.idempotency import (
@@ -83,102 +93,142 @@ _BUSY_SQLSTATES = {"40P01", "40001"}  # deadlock_detected, serialization_failure
 _KEY_CONSTRAINT = "uq_idempotency_records_principal_key"
 
 
-async def post_transaction(
-    engine: AsyncEngine,
-    subject: TokenSubject,
-    community: CommunityRef,
-    key: IdempotencyKey,
-    data: TransactionCreate,
-) -> Outcome:
-    """Post ``data`` for ``subject`` under ``key`` in the community (its id, and the id as the
-    client wrote it), or raise the general path's refusal."""
-    community_id, raw_community_id = community.id, community.as_written
-    refusal: DomainError | None = None
-    request: PostingRequest | None = None
+@dataclass(frozen=True)
+class SinglePosting:
+    """One posting as the service prepares it before asking the database anything: who asks,
+    where, under which key, and either the transaction to write (its entries still to come:
+    they need the locked balances) or the request's own fault, which is raised only once
+    access and key have been checked, so refusals come in the general path's order."""
+
+    subject: TokenSubject
+    community: CommunityRef
+    key: IdempotencyKey
+    data: TransactionCreate
+    now: datetime
+    request: PostingRequest | None
+    transaction: PostedTransaction | None  # None exactly when ``refusal`` is set
+    refusal: DomainError | None
+
+
+def prepare(
+    subject: TokenSubject, community: CommunityRef, key: IdempotencyKey, data: TransactionCreate
+) -> SinglePosting:
+    """Everything about the posting that needs no database, done by the general path's code:
+    the shape checks, the transaction's id and its content hash."""
+    now = utcnow()
     try:
         check_occurred_on(data)
         request = posting_request(data)
+    except DomainError as exc:
+        return SinglePosting(subject, community, key, data, now, None, None, exc)
+    try:
         check_shape(request)
     except DomainError as exc:
-        refusal = exc
-
-    now = utcnow()
+        return SinglePosting(subject, community, key, data, now, request, None, exc)
     transaction_id = new_id()
-    accounts: list[uuid.UUID] = []
-    minutes: list[int] = []
-    digest = prefix = ""
-    if request is not None and refusal is None:
-        accounts = [account for account, _ in request.lines]
-        minutes = [amount for _, amount in request.lines]
-        digest = content_hash(transaction_id, community_id, request)
-        prefix = _response_prefix(transaction_id, community_id, request, subject, now, digest)
-    kind = request.kind.value if request is not None else data.kind
-    row = await _call(
-        engine,
-        subject.user_id,
-        subject.client_id,
-        WRITE_SCOPE in subject.scopes,
-        community_id,
-        key.principal,
-        key.key,
-        key.request_hash,
-        key.method,
-        key.path,
-        lock_id(key.principal, key.key),
-        now,
-        now + RETENTION,
-        refusal is not None,
-        transaction_id,
-        kind,
-        data.memo,
-        request.occurred_on if request is not None else now.date(),
-        json.dumps(data.details),
-        digest,
-        accounts,
-        minutes,
-        prefix,
-        "}",
+    transaction = PostedTransaction(
+        id=transaction_id,
+        community_id=community.id,
+        kind=request.kind,
+        memo=request.memo,
+        occurred_on=request.occurred_on,
+        details=request.details,
+        posted_at=now,
+        posted_by_user_id=subject.user_id,
+        posted_by_client_id=subject.client_id,
+        reverses_id=None,
+        content_hash=content_hash(transaction_id, community.id, request),
+        entries=(),
     )
-    outcome: str = row["outcome"]
-    if outcome in ("posted", "replay"):
-        return Outcome(
-            status=row["response_status"],
-            body=row["response_body"],
-            replayed=outcome == "replay",
+    return SinglePosting(subject, community, key, data, now, request, transaction, None)
+
+
+class SinglePoster(Protocol):
+    """Posts a prepared single posting in one call to the database, or raises its refusal."""
+
+    async def post(self, posting: SinglePosting) -> Outcome: ...
+
+    async def close(self) -> None: ...
+
+
+def single_poster(
+    engine: AsyncEngine, settings: Settings, sqlite_write_lock: asyncio.Lock | None
+) -> SinglePoster:
+    """The poster for the engine's database; on SQLite it takes turns with the general path's
+    writers on the application's write lock."""
+    if engine.dialect.name == "postgresql":
+        return PostgresSinglePoster(engine)
+    from app.ledger.single_post_sqlite import SqliteSinglePoster  # imports this module
+
+    assert sqlite_write_lock is not None
+    return SqliteSinglePoster(engine, settings.sqlite_busy_timeout_ms, sqlite_write_lock)
+
+
+class PostgresSinglePoster:
+    """The posting as one call of ``ledger_post_transaction`` (migration 0008)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def close(self) -> None:
+        """The engine's pool is the application's to dispose of."""
+
+    async def post(self, posting: SinglePosting) -> Outcome:
+        subject, key, data, now = posting.subject, posting.key, posting.data, posting.now
+        community_id = posting.community.id
+        request, transaction = posting.request, posting.transaction
+        accounts: list[uuid.UUID] = []
+        minutes: list[int] = []
+        digest = prefix = ""
+        if request is not None and transaction is not None:
+            accounts = [account for account, _ in request.lines]
+            minutes = [amount for _, amount in request.lines]
+            digest = transaction.content_hash
+            prefix = _response_prefix(transaction)
+        row = await _call(
+            self._engine,
+            subject.user_id,
+            subject.client_id,
+            WRITE_SCOPE in subject.scopes,
+            community_id,
+            key.principal,
+            key.key,
+            key.request_hash,
+            key.method,
+            key.path,
+            lock_id(key.principal, key.key),
+            now,
+            now + RETENTION,
+            posting.refusal is not None,
+            transaction.id if transaction is not None else None,
+            request.kind.value if request is not None else data.kind,
+            data.memo,
+            request.occurred_on if request is not None else now.date(),
+            json.dumps(data.details),
+            digest,
+            accounts,
+            minutes,
+            prefix,
+            "}",
         )
-    if outcome == "refused_by_service":
-        assert refusal is not None
-        raise refusal
-    # The engine's connections decode jsonb (SQLAlchemy registers the codec).
-    raise _refusal(outcome, row["detail"] or {}, community_id, raw_community_id)
+        outcome: str = row["outcome"]
+        if outcome in ("posted", "replay"):
+            return Outcome(
+                status=row["response_status"],
+                body=row["response_body"],
+                replayed=outcome == "replay",
+            )
+        if outcome == "refused_by_service":
+            assert posting.refusal is not None
+            raise posting.refusal
+        # The engine's connections decode jsonb (SQLAlchemy registers the codec).
+        raise _refusal(outcome, row["detail"] or {}, community_id, posting.community.as_written)
 
 
-def _response_prefix(
-    transaction_id: uuid.UUID,
-    community_id: uuid.UUID,
-    request: PostingRequest,
-    subject: TokenSubject,
-    now: datetime,
-    digest: str,
-) -> str:
+def _response_prefix(transaction: PostedTransaction) -> str:
     """The response as the general path renders it (``transaction_read``), up to its list of
     entries, which are the last field."""
-    rendered = transaction_read(
-        PostedTransaction(
-            id=transaction_id,
-            community_id=community_id,
-            kind=request.kind,
-            memo=request.memo,
-            occurred_on=request.occurred_on,
-            details=request.details,
-            posted_at=now,
-            posted_by_user_id=subject.user_id,
-            posted_by_client_id=subject.client_id,
-            reverses_id=None,
-            content_hash=digest,
-            entries=(),
-        )
-    ).model_dump_json()
+    rendered = transaction_read(transaction).model_dump_json()
     assert rendered.endswith(_ENTRIES_LAST)
     return rendered[: -len("[]}")]
 

@@ -1,11 +1,12 @@
 """One posting: every refusal in the order and words of the general path, and the response
 byte for byte as pydantic renders it.
 
-On PostgreSQL ``POST /v1/communities/{community_id}/transactions`` runs as one database
-function (app/ledger/single_post.py, migration 0008) that states the access, idempotency and
-limit rules again; on SQLite the same route runs the general path. The cases here reach states
-no API route creates (a disabled user, a closed account) and the ones it does (a suspended
-membership, a revoked client), so both paths are held to the same answers.
+``POST /v1/communities/{community_id}/transactions`` runs in one call to the database
+(app/ledger/single_post.py): on PostgreSQL one database function (migration 0008), on SQLite
+one hop to the poster's own connection; both state the access and idempotency rules again
+beside the general path's. The cases here reach states no API route creates (a disabled user,
+a closed account) and the ones it does (a suspended membership, a revoked client, a partner of
+another community), so every path is held to the same answers.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ async def test_each_refusal_of_a_single_posting_names_its_reason_and_changes_not
     expect(
         await client.post(url, json=body, headers={**partner.headers, "Idempotency-Key": "p1"}), 201
     )
+    reader = await api.partner(books.id, books.admin, ["ledger:read"])
+    elsewhere, elsewhere_admin = await api.community()
+    foreign = await api.partner(elsewhere["id"], elsewhere_admin, ["ledger:write"])
     before = await books_snapshot(app)
 
     async def attempt(headers: dict[str, str], *, to: str = url) -> Response:
@@ -70,6 +74,12 @@ async def test_each_refusal_of_a_single_posting_names_its_reason_and_changes_not
         "community_not_found",
     )
     assert written in problem["detail"]
+
+    # A partner client of another community: to it, this one does not exist. A partner of
+    # this one that may only read may not post.
+    refused(await attempt(foreign.headers), 404, "community_not_found")
+    problem = refused(await attempt(reader.headers), 403, "insufficient_scope")
+    assert "ledger:write" in problem["detail"]
 
     # A plain member may not post directly; a suspended coordinator may not act at all.
     refused(await attempt(a.headers), 403, "insufficient_role")

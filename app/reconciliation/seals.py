@@ -283,16 +283,19 @@ FRESH_LIMIT = 100_000
 FULL_VERIFICATION_EVERY = timedelta(days=7)
 
 
-def fresh_predicate(name: str, reference: int) -> tuple[str, dict[str, bytes]]:
+def fresh_predicate(
+    name: str, reference: int, end: int | None = None
+) -> tuple[str, dict[str, bytes]]:
     """The predicate 'row r is fresh relative to the xid ``reference``' (rows are aliased r),
-    with its parameters: (xmin - P) mod 2^32 < 2^31, special xids (0-2) never fresh.
+    with its parameters: (xmin - P) mod 2^32 < E - P, special xids (0-2) never fresh, where
+    the window's end E is P + 2^31 unless given (a census window, see Window).
 
     xmin is compared as the four big-endian bytes ``xidsend()`` gives, which order like the
-    unsigned xid; so the circular window [P, P + 2^31) is one range, or two when it wraps.
+    unsigned xid; so the circular window [P, E) is one range, or two when it wraps.
     (``age()`` would do the arithmetic, but it is parallel restricted: a count with it cannot
     use a parallel scan. ``xidsend()`` is parallel safe and cheaper than a cast to text.)"""
     low = reference % 2**32
-    high = (low + 2**31) % 2**32
+    high = (reference + 2**31 if end is None else end) % 2**32
     xid = "xidsend(r.xmin)"
     params = {
         f"{name}_low": max(low, 3).to_bytes(4, "big"),
@@ -304,6 +307,42 @@ def fresh_predicate(name: str, reference: int) -> tuple[str, dict[str, bytes]]:
         f"({xid} >= :{name}_low OR ({xid} < :{name}_high AND {xid} >= '\\x00000003'::bytea))",
         params,
     )
+
+
+@dataclass(frozen=True)
+class Window:
+    """The xids a census calls fresh: [start, end) in 64-bit xids, start its reference P and
+    end - start between MAX_XID_DISTANCE and 2^31 (a census from before windows had ends:
+    P + 2^31).
+
+    A run keeps the end of the last census's window for its own census while at least
+    MAX_XID_DISTANCE xids remain before it (``nested``), so its window lies inside the last
+    one: a row fresh to this run is fresh to the last census too, and the census scan need
+    not classify each row twice (see _count)."""
+
+    start: int
+    end: int
+
+    @classmethod
+    def of(cls, census: dict[str, Any]) -> Window:
+        start = int(census["reference"])
+        return cls(start, int(census.get("window_end", start + 2**31)))
+
+    @classmethod
+    def fresh_from(cls, reference: int) -> Window:
+        return cls(reference, reference + 2**31)
+
+    def next_from(self, reference: int) -> Window:
+        """This run's window, from its own reference: inside this one while it can be."""
+        if self.start <= reference and self.end - reference >= MAX_XID_DISTANCE:
+            return Window(reference, self.end)
+        return Window.fresh_from(reference)
+
+    def holds(self, other: Window) -> bool:
+        return self.start <= other.start and other.end <= self.end
+
+    def predicate(self, name: str) -> tuple[str, dict[str, bytes]]:
+        return fresh_predicate(name, self.start, self.end)
 
 
 _SNAPSHOT_XIDS = text(
@@ -326,12 +365,13 @@ _CENSUS_TABLES = {
     "entries": "r.transaction_id, r.account_id, r.account_version, r.amount, r.balance_after",
     "transactions": "r.kind, r.reverses_id",
 }
-# One parallel scan per table counts every row and the fresh ones (to either reference).
+# One parallel scan per table counts every row and the fresh ones (to either reference; to
+# the last census's alone when this run's window lies inside its window, "nested").
 _COUNTS = (
     "SELECT * FROM "
-    "(SELECT count(*), count(*) FILTER (WHERE {fresh}), count(*) FILTER (WHERE {fresh_now}) "
+    "(SELECT count(*), count(*) FILTER (WHERE {fresh}), {fresh_now_count} "
     "FROM entries r) AS e CROSS JOIN "
-    "(SELECT count(*), count(*) FILTER (WHERE {fresh}), count(*) FILTER (WHERE {fresh_now}), "
+    "(SELECT count(*), count(*) FILTER (WHERE {fresh}), {fresh_now_count}, "
     "count(*) FILTER (WHERE r.kind = 'exchange') FROM transactions r) AS t"
 )
 # Where fresh rows are expected, reached through indexes: entries above the last seal's mark,
@@ -422,9 +462,11 @@ async def take_census(
     if session.get_bind().dialect.name != "postgresql":
         return None, None
     if seed is None:
-        seed = await _census_seed(session, reference, reference, CENSUS_LIST_LIMIT + 1)
+        window = Window.fresh_from(reference)
+        seed = await _census_seed(session, window, window, CENSUS_LIST_LIMIT + 1)
     census: dict[str, Any] = {
         "reference": reference,
+        "window_end": seed.window_now.end,
         "identity": await _identity(session),
         "block_starts": span.first_entry_of_block,
         "full_verified_at": (full_verified_at or utcnow()).isoformat(),
@@ -528,6 +570,8 @@ class CensusSeed:
     # balance_after, fresh, fresh_now
     entries: list[Any]
     transactions: list[Any]  # id, kind, reverses_id, fresh, fresh_now
+    # The window of this run's own census (fresh_now is fresh to it).
+    window_now: Window
     # The ids of old rows found beside the fresh transactions (the same id twice: a copy), or
     # None when the fresh rows were found by the predicate, so no old copies were looked for.
     old_transaction_ids: set[Any] | None = None
@@ -572,24 +616,36 @@ class Expected:
 @dataclass
 class Counts:
     """What the census scan counted, per table: every row, the fresh ones (to the last
-    census's reference and to this run's), and the transactions of kind exchange."""
+    census's reference and to this run's), and the transactions of kind exchange.
+
+    ``fresh_now`` is None when this run's window lies inside the last census's (nested): its
+    fresh rows are then among the last census's, so once every one of those is found, so is
+    every one of its own, and the scan did not count them."""
 
     totals: dict[str, int]
     fresh: dict[str, int]
-    fresh_now: dict[str, int]
+    fresh_now: dict[str, int] | None
     exchange_transactions: int
 
 
 async def _count(
-    connection: AsyncSession | AsyncConnection, predicates: dict[str, str], params: dict[str, Any]
+    connection: AsyncSession | AsyncConnection,
+    predicates: dict[str, str],
+    params: dict[str, Any],
+    nested: bool,
 ) -> Counts:
-    row = (await connection.execute(text(_COUNTS.format(**predicates)), params)).one()
-    numbers = [int(n) for n in row]
+    statement = _COUNTS.format(
+        fresh=predicates["fresh"],
+        fresh_now_count="NULL" if nested else f"count(*) FILTER (WHERE {predicates['fresh_now']})",
+    )
+    e_rows, e_fresh, e_now, t_rows, t_fresh, t_now, exchanges = (
+        await connection.execute(text(statement), params)
+    ).one()
     return Counts(
-        totals={"entries": numbers[0], "transactions": numbers[3]},
-        fresh={"entries": numbers[1], "transactions": numbers[4]},
-        fresh_now={"entries": numbers[2], "transactions": numbers[5]},
-        exchange_transactions=numbers[6],
+        totals={"entries": int(e_rows), "transactions": int(t_rows)},
+        fresh={"entries": int(e_fresh), "transactions": int(t_fresh)},
+        fresh_now=None if nested else {"entries": int(e_now), "transactions": int(t_now)},
+        exchange_transactions=int(exchanges),
     )
 
 
@@ -598,7 +654,7 @@ _SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9A-F]+)?")
 
 
 async def _count_beside(
-    session: AsyncSession, predicates: dict[str, str], params: dict[str, Any]
+    session: AsyncSession, predicates: dict[str, str], params: dict[str, Any], nested: bool
 ) -> asyncio.Task[Counts]:
     """Start the census scan on a second connection that shares the run's snapshot
     (pg_export_snapshot): the run checks the fresh rows meanwhile, and confirm_plan waits for
@@ -617,15 +673,15 @@ async def _count_beside(
             async with beside.begin():
                 await beside.execute(text(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))
                 await beside.execute(text("SET LOCAL jit = off"))
-                return await _count(beside, predicates, params)
+                return await _count(beside, predicates, params, nested)
 
     return asyncio.ensure_future(count())
 
 
 async def _census_seed(
     session: AsyncSession,
-    reference: int,
-    reference_now: int,
+    window: Window,
+    window_now: Window,
     limit: int,
     expected: Expected | None = None,
     counts: Counts | None = None,
@@ -633,7 +689,7 @@ async def _census_seed(
     """Every row counted, and the rows fresh to either reference fetched. With ``expected``
     and no ``counts`` (they are being counted beside, _count_beside), the fresh rows are
     taken to be where the last census expects them: confirm_plan checks that later."""
-    predicates, params = _predicates(reference, reference_now)
+    predicates, params = _predicates(window, window_now)
     if counts is None and expected is None:  # (no fresh rows expected anywhere: count rows)
         entries, transactions = (await session.execute(_ROWS)).one()
         totals = {"entries": int(entries), "transactions": int(transactions)}
@@ -662,21 +718,23 @@ async def _census_seed(
         counts=counts,
         entries=found["entries"],
         transactions=found["transactions"],
+        window_now=window_now,
         old_transaction_ids=seen.get("transactions"),
     )
 
 
-def _predicates(reference: int, reference_now: int) -> tuple[dict[str, str], dict[str, Any]]:
-    fresh, params = fresh_predicate("reference", reference)
-    fresh_now, params_now = fresh_predicate("reference_now", reference_now)
+def _predicates(window: Window, window_now: Window) -> tuple[dict[str, str], dict[str, Any]]:
+    fresh, params = window.predicate("reference")
+    fresh_now, params_now = window_now.predicate("reference_now")
     return {"fresh": fresh, "fresh_now": fresh_now}, params | params_now
 
 
 def _all_counted(rows: list[Any], counts: Counts, table: str) -> bool:
-    """Whether ``rows`` hold every row of ``table`` fresh to either reference."""
-    return (
-        sum(1 for r in rows if r["fresh"]) == counts.fresh[table]
-        and sum(1 for r in rows if r["fresh_now"]) == counts.fresh_now[table]
+    """Whether ``rows`` hold every row of ``table`` fresh to either reference (with nested
+    windows, every row fresh to the last census holds every row fresh to this run too)."""
+    return sum(1 for r in rows if r["fresh"]) == counts.fresh[table] and (
+        counts.fresh_now is None
+        or sum(1 for r in rows if r["fresh_now"]) == counts.fresh_now[table]
     )
 
 
@@ -785,17 +843,17 @@ async def plan_verification(
             "The database or its ledger tables are not those the census saw (restored, "
             "upgraded or rewritten in place).",
         )
-    reference = int(census["reference"])
+    window = Window.of(census)
     horizon = int((await session.execute(_SNAPSHOT_XIDS)).one()[1])
-    if not 0 <= horizon - reference < MAX_XID_DISTANCE:
+    if not (0 <= horizon - window.start < MAX_XID_DISTANCE and horizon <= window.end):
         return Plan("full", "Too many transactions since the last seal to compare row versions.")
-    now = reference if reference_now is None else reference_now
-    predicates, params = _predicates(reference, now)
-    counting = await _count_beside(session, predicates, params)
+    now = window.next_from(window.start if reference_now is None else reference_now)
+    predicates, params = _predicates(window, now)
+    counting = await _count_beside(session, predicates, params, window.holds(now))
     try:
         seed = await _census_seed(
             session,
-            reference,
+            window,
             now,
             FRESH_LIMIT + 1,
             Expected(
@@ -809,7 +867,7 @@ async def plan_verification(
     if plan.fresh is None:
         counting.cancel()
     else:
-        plan.provisional = Provisional(last_seal, reference, now, seed)
+        plan.provisional = Provisional(last_seal, window, now, seed)
     return plan
 
 
@@ -819,8 +877,8 @@ class Provisional:
     needs to check it."""
 
     last_seal: LedgerSeal
-    reference: int
-    reference_now: int
+    window: Window
+    window_now: Window
     seed: CensusSeed
 
 
@@ -844,8 +902,8 @@ async def confirm_plan(session: AsyncSession, plan: Plan) -> Plan:
         return plan
     seed = await _census_seed(
         session,
-        pending.reference,
-        pending.reference_now,
+        pending.window,
+        pending.window_now,
         FRESH_LIMIT + 1,
         Expected(
             pending.last_seal.high_water,

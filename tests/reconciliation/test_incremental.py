@@ -368,6 +368,83 @@ async def test_fresh_classification_is_circular_and_never_counts_special_xids(
                 assert found is expected, (reference, xmin)
 
 
+@postgres_only
+async def test_a_census_window_with_an_end_of_its_own_is_one_range_or_two(app: FastAPI) -> None:
+    """A window narrower than half the circle (a run that keeps the last census's end):
+    [P, E), one range of xidsend() bytes, or two when it wraps past 2^32."""
+    cases = {
+        seals.Window(1000, 1000 + 2**30): {1000: True, 2**30 + 999: True, 2**30 + 1000: False},
+        seals.Window(2**32 - 10, 2**32 + 2**30): {
+            2**32 - 10: True,
+            5: True,
+            2**30 - 1: True,
+            2**30: False,  # past the end, though within half the circle of P
+            2**32 - 11: False,
+            2: False,
+        },
+    }
+    async with app.state.engine.connect() as connection:
+        for window, expectations in cases.items():
+            fresh, params = window.predicate("reference")
+            for xmin, expected in expectations.items():
+                found = await connection.scalar(
+                    text(
+                        f"SELECT {fresh} FROM (SELECT CAST(CAST(:x AS text) AS xid) AS xmin) AS r"
+                    ),
+                    {"x": str(xmin % 2**32), **params},
+                )
+                assert found is expected, (window, xmin)
+
+
+def test_a_runs_census_window_nests_in_the_last_while_room_is_left() -> None:
+    last = seals.Window(1000, 1000 + 2**31)
+    nested = last.next_from(5000)
+    assert nested == seals.Window(5000, 1000 + 2**31)
+    assert last.holds(nested)
+    # Less than MAX_XID_DISTANCE left before the end (or a reference behind the last one):
+    # a whole new window, and the census scan classifies each row to both.
+    late = 1000 + 2**31 - seals.MAX_XID_DISTANCE + 1
+    assert last.next_from(late) == seals.Window(late, late + 2**31)
+    assert not last.holds(last.next_from(late))
+    assert last.next_from(999) == seals.Window(999, 999 + 2**31)
+    # A census from before windows had ends: P + 2^31.
+    assert seals.Window.of({"reference": 7}) == seals.Window(7, 7 + 2**31)
+
+
+@postgres_only
+@pytest.mark.parametrize("windows", ["nested", "renewed"])
+async def test_rows_sealed_by_a_later_census_are_held_to_it(
+    client: AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch, windows: str
+) -> None:
+    """A posting fresh to one census is old to the next one, which counts it: rewriting it
+    afterwards is caught, whether the next census kept the last one's window end (nested:
+    the scan counts fresh rows to the last census only) or started a window of its own."""
+    if windows == "renewed":  # no room is ever left: every census starts a new window
+        monkeypatch.setattr(seals, "MAX_XID_DISTANCE", 2**31 - 1)
+    books = await sealed(client, app)
+    first = await scalar(app, "SELECT census FROM ledger_seals ORDER BY high_water LIMIT 1")
+    a, b = books.members[0], books.members[1]
+    await post(client, books.id, books.admin, [(a.account_id, 5), (b.account_id, -5)])
+    posted = await reconcile(client, books.platform)
+    assert posted["status"] == "passed", failing(posted)
+    assert verification(posted)["mode"] == "incremental"
+    second = await scalar(app, "SELECT census FROM ledger_seals ORDER BY high_water DESC LIMIT 1")
+    assert second["reference"] > first["reference"]
+    kept_end = second["window_end"] == first["window_end"]
+    assert kept_end is (windows == "nested")
+    again = await reconcile(client, books.platform)  # (nothing new: nothing sealed)
+    assert again["status"] == "passed"
+    assert verification(again)["mode"] == "incremental"
+
+    newest = await scalar(app, "SELECT max(id) FROM entries")
+    await tamper(app, "UPDATE entries SET amount = amount + 1 WHERE id = :id", id=newest)
+    run = await reconcile(client, books.platform)
+    assert run["status"] == "failed"
+    assert verification(run)["mode"] == "full"
+    assert "rewritten or deleted" in verification(run)["reason"]
+    assert run["report"]["tampering"]
+
+
 async def _commit_an_xid(app: FastAPI) -> None:
     """Complete a transaction, so the snapshot's xmax moves past every xid taken so far."""
     async with app.state.engine.begin() as connection:

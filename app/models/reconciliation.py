@@ -7,7 +7,18 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Integer, String, false
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Integer,
+    String,
+    Uuid,
+    false,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, BigInt, CreatedAtMixin, IdMixin, JSONDocument
@@ -44,6 +55,11 @@ class ReconciliationRun(IdMixin, CreatedAtMixin, Base):
     seal_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("ledger_seals.id"))
 
 
+# (Arrays on PostgreSQL, the only backend that keeps account totals; JSON elsewhere.)
+_ACCOUNT_IDS = ARRAY(Uuid()).with_variant(JSON(), "sqlite")
+_FIGURES = ARRAY(BigInteger()).with_variant(JSON(), "sqlite")
+
+
 class LedgerSeal(IdMixin, CreatedAtMixin, Base):
     """A link in the seal chain: the digest of every entry (and its transaction's content hash)
     with ``previous_high_water < entry id <= high_water``, chained to the previous seal."""
@@ -64,10 +80,14 @@ class LedgerSeal(IdMixin, CreatedAtMixin, Base):
     # None before incremental verification existed, or on SQLite): see docs/seals.md. Folded
     # into chained_digest, so editing it is as visible as editing the digests.
     census: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
-    # Each account's [entries, total, earned, spent] over the entries the census counts as
-    # old (PostgreSQL; only on the latest seal): the next run adds the fresh entries to them.
-    # Their digest is in the census. Deferred: verifying the chain never loads them.
-    account_totals: Mapped[dict[str, list[int]] | None] = mapped_column(JSONDocument, deferred=True)
+    # Each account's figures over the entries the census counts as old, as aligned arrays:
+    # account ids, entries, balances (totals) and earned (spent is earned less the balance).
+    # PostgreSQL only, and only on the latest seal: the next run adds the fresh entries to
+    # them. Their digest is in the census. Deferred: verifying the chain never loads them.
+    totals_accounts: Mapped[list[uuid.UUID] | None] = mapped_column(_ACCOUNT_IDS, deferred=True)
+    totals_entries: Mapped[list[int] | None] = mapped_column(_FIGURES, deferred=True)
+    totals_balances: Mapped[list[int] | None] = mapped_column(_FIGURES, deferred=True)
+    totals_earned: Mapped[list[int] | None] = mapped_column(_FIGURES, deferred=True)
 
 
 class ExternalRecordMatch(IdMixin, CreatedAtMixin, Base):

@@ -48,6 +48,7 @@ from app.reconciliation.seals import (
     SEAL_TOTALS,
     TOTALS_COLUMNS,
     TOTALS_CTES,
+    AccountTotals,
     Fresh,
 )
 
@@ -200,7 +201,7 @@ async def _account_pass(
         rows = []
         for row in await session.execute(text(statement), params):
             if row.kind == "totals":
-                session.info["account_totals"] = (fresh, (row.totals, row.digest))
+                session.info["account_totals"] = (fresh, AccountTotals.of(row))
             else:
                 rows.append(row)
         session.info["account_pass"] = (community_id, rows)
@@ -328,22 +329,27 @@ joined AS (
   FROM accounts a LEFT JOIN figures f ON f.account_id = a.id
 ),
 {totals}
-(SELECT 'chain' AS kind, account_id AS id, NULL AS balance, version, NULL AS earned_total,
-  NULL AS spent_total, NULL AS e_total, NULL AS e_count, NULL AS e_earned, NULL AS e_spent,
-  id AS entry_id, amount, balance_after, previous, position, NULL AS totals, NULL AS digest
+-- (Typed NULLs: this part, in parentheses for its ORDER BY, is typed on its own.)
+(SELECT 'chain' AS kind, account_id AS id, NULL::bigint AS balance, version,
+  NULL::bigint AS earned_total, NULL::bigint AS spent_total, NULL::bigint AS e_total,
+  NULL::bigint AS e_count, NULL::bigint AS e_earned, NULL::bigint AS e_spent,
+  id AS entry_id, amount, balance_after, previous, position, NULL::uuid[] AS totals_accounts,
+  NULL::bigint[] AS totals_entries, NULL::bigint[] AS totals_balances,
+  NULL::bigint[] AS totals_earned, NULL::text AS digest
 FROM chained
 WHERE NOT old AND (balance_after IS DISTINCT FROM previous + amount OR version <> position)
   AND account_id <> ALL(CAST(:irregular AS uuid[]))
 ORDER BY account_id, version, id)
 UNION ALL
 SELECT 'account', id, balance, version, earned_total, spent_total, e_total, e_count,
-  e_earned, e_spent, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+  e_earned, e_spent, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 FROM joined
 WHERE balance <> e_total OR version <> e_count OR earned_total <> e_earned
   OR spent_total <> e_spent
 UNION ALL
 SELECT 'community', community_id, CAST(sum(balance) AS bigint), NULL, NULL, NULL,
-  CAST(sum(e_total) AS bigint), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+  CAST(sum(e_total) AS bigint), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+  NULL, NULL, NULL
 FROM joined GROUP BY community_id HAVING sum(balance) <> 0 OR sum(e_total) <> 0
 UNION ALL
 SELECT 'totals', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,

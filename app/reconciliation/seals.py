@@ -450,11 +450,11 @@ async def take_census(
     full_verified_at: datetime | None,
     seed: CensusSeed | None = None,
     fresh: Fresh | None = None,
-) -> tuple[dict[str, Any] | None, str | None]:
+) -> tuple[dict[str, Any] | None, AccountTotals | None]:
     """What this run's snapshot holds, by row version, for the seal it is about to make:
     rows older than ``reference`` (census_reference) are counted, the few fresher ones listed
-    by id; and each account's figures over the old entries (the seal's ``account_totals``,
-    as jsonb text; their digest goes in the census). An incremental run has counted and
+    by id; and each account's figures over the old entries (the seal's account totals; their
+    digest goes in the census). An incremental run has counted and
     classified the rows already (``seed``), and takes the figures from the last seal's
     totals (``fresh``)."""
     totals_of = fresh.totals_of if fresh is not None else None
@@ -479,14 +479,17 @@ async def take_census(
         census[table] = {"before": counted - len(listed), "fresh": sorted(listed)}
     made = session.info.get("account_totals")  # by the checks' account pass, incrementally
     if made is not None and made[0] is fresh:
-        account_totals, census["account_totals"] = made[1]
-        return census, account_totals
-    fresh_now = [int(e["id"]) for e in seed.entries if e["fresh_now"]]  # the others are old
-    params = {"seal": str(totals_of), "fresh_entries": fresh_entries or [], "fresh_now": fresh_now}
-    statement = _new_totals_sql(totals_of)
-    account_totals, census["account_totals"] = (
-        await session.execute(text(statement), params)
-    ).one()
+        account_totals = made[1]
+    else:
+        fresh_now = [int(e["id"]) for e in seed.entries if e["fresh_now"]]  # the others: old
+        params = {
+            "seal": str(totals_of),
+            "fresh_entries": fresh_entries or [],
+            "fresh_now": fresh_now,
+        }
+        row = (await session.execute(text(_new_totals_sql(totals_of)), params)).one()
+        account_totals = AccountTotals.of(row)
+    census["totals_digest"] = account_totals.digest
     return census, account_totals
 
 
@@ -505,11 +508,9 @@ _ENTRIES_BY_ID = (
     "(SELECT account_id, amount FROM entries WHERE id = f.id OFFSET 0) AS e) AS e"
 )
 SEAL_TOTALS = (
-    "SELECT CAST(key AS uuid) AS account_id, CAST(value->>0 AS bigint) AS n, "
-    "CAST(value->>1 AS bigint) AS t, CAST(value->>2 AS bigint) AS earned, "
-    "CAST(value->>3 AS bigint) AS spent "
-    "FROM ledger_seals, jsonb_each(ledger_seals.account_totals) "
-    "WHERE ledger_seals.id = CAST(:seal AS uuid)"
+    "SELECT o.account_id, o.n, o.t, o.earned, o.earned - o.t AS spent FROM ledger_seals s "
+    "CROSS JOIN LATERAL unnest(s.totals_accounts, s.totals_entries, s.totals_balances, "
+    "s.totals_earned) AS o(account_id, n, t, earned) WHERE s.id = CAST(:seal AS uuid)"
 )
 
 
@@ -527,22 +528,32 @@ def figures_sql(totals_of: uuid.UUID | None) -> str:
 
 
 # The new seal's totals, over the entries its census counts as old: every entry's figures
-# less those of the fresh ones. Built, and digested, by PostgreSQL: jsonb prints one way
-# only, so the digest of what is stored (TOTALS_DIGEST) is the digest of this text.
+# less those of the fresh ones, as four aligned arrays (account ids, entries, balances,
+# earned; spent is earned less the balance, as the full pass has it), built and digested by
+# PostgreSQL: the digest is sha256 over the arrays' binary form (array_send), taken the same
+# way from what is stored (TOTALS_DIGEST). The order of the accounts is whatever the one
+# aggregation gave: the digest is of the arrays as stored, so it needs none in particular.
 TOTALS_CTES = (
     "gone AS (" + _FIGURES.format(entries=_ENTRIES_BY_ID.format(ids="fresh_now")) + "), "  # noqa: S608
-    # (A sum over both rather than a join: no plan can make it quadratic.)
-    # (bigint sums: a sum of numerics costs several times as much.)
+    # (A sum over both rather than a join: no plan can make it quadratic. bigint sums: a sum
+    # of numerics costs several times as much.)
     "kept AS (SELECT account_id, CAST(sum(n) AS bigint) AS n, CAST(sum(t) AS bigint) AS t, "
     "CAST(sum(earned) AS bigint) AS earned, CAST(sum(spent) AS bigint) AS spent "
     "FROM (SELECT * FROM figures UNION ALL "
     "SELECT account_id, -n, -t, -earned, -spent FROM gone) AS both_ GROUP BY account_id), "
-    # (Printed once, for both the text stored and its digest.)
-    "totals AS (SELECT CAST(coalesce(jsonb_object_agg(account_id, jsonb_build_array(n, t, "
-    "earned, spent)) FILTER (WHERE n <> 0 OR t <> 0 OR earned <> 0 OR spent <> 0), '{}') "
-    "AS text) AS j FROM kept)"
+    "totals AS (SELECT coalesce(array_agg(account_id), '{}') AS accounts, "
+    "coalesce(array_agg(n), '{}') AS entries, coalesce(array_agg(t), '{}') AS balances, "
+    "coalesce(array_agg(earned), '{}') AS earned "
+    "FROM kept WHERE n <> 0 OR t <> 0 OR earned <> 0 OR spent <> 0)"
 )
-TOTALS_COLUMNS = "j AS totals, encode(sha256(convert_to(j, 'UTF8')), 'hex') AS digest"
+_TOTALS_DIGEST = (
+    "encode(sha256(array_send({p}accounts) || array_send({p}entries) || "
+    "array_send({p}balances) || array_send({p}earned)), 'hex')"
+)
+TOTALS_COLUMNS = (
+    "accounts AS totals_accounts, entries AS totals_entries, balances AS totals_balances, "
+    "earned AS totals_earned, " + _TOTALS_DIGEST.format(p="") + " AS digest"
+)
 
 
 def _new_totals_sql(totals_of: uuid.UUID | None) -> str:
@@ -552,12 +563,45 @@ def _new_totals_sql(totals_of: uuid.UUID | None) -> str:
     )
 
 
+@dataclass
+class AccountTotals:
+    """A seal's account totals as made by TOTALS_COLUMNS, and their digest."""
+
+    accounts: list[uuid.UUID]
+    entries: list[int]
+    balances: list[int]
+    earned: list[int]
+    digest: str
+
+    @classmethod
+    def of(cls, row: Any) -> AccountTotals:
+        return cls(
+            row.totals_accounts,
+            row.totals_entries,
+            row.totals_balances,
+            row.totals_earned,
+            row.digest,
+        )
+
+    def stored_in(self, seal_id: uuid.UUID) -> dict[str, Any]:
+        """STORE_TOTALS's parameters."""
+        return {
+            "id": seal_id,
+            "accounts": self.accounts,
+            "entries": self.entries,
+            "balances": self.balances,
+            "earned": self.earned,
+        }
+
+
 STORE_TOTALS = text(
-    "UPDATE ledger_seals SET account_totals = CAST(:totals AS jsonb) WHERE id = :id"
+    "UPDATE ledger_seals SET totals_accounts = :accounts, totals_entries = :entries, "
+    "totals_balances = :balances, totals_earned = :earned WHERE id = :id"
 )
 TOTALS_DIGEST = text(
-    "SELECT encode(sha256(convert_to(CAST(account_totals AS text), 'UTF8')), 'hex') "
-    "FROM ledger_seals WHERE id = :id AND jsonb_typeof(account_totals) = 'object'"
+    "SELECT " + _TOTALS_DIGEST.format(p="totals_") + " FROM ledger_seals "  # noqa: S608
+    "WHERE id = :id AND totals_accounts IS NOT NULL AND totals_entries IS NOT NULL "
+    "AND totals_balances IS NOT NULL AND totals_earned IS NOT NULL"
 )
 
 
@@ -808,7 +852,7 @@ def _chain_starts(entries: list[Any]) -> dict[uuid.UUID, int]:
 async def _totals(session: AsyncSession, last_seal: LedgerSeal) -> tuple[bool, str | None]:
     """Whether the last seal kept account totals that match the digest in its census; and,
     when they do not, the digest they were found to have."""
-    digest = (last_seal.census or {}).get("account_totals")
+    digest = (last_seal.census or {}).get("totals_digest")
     if digest is None:
         return False, None
     found = await session.scalar(TOTALS_DIGEST, {"id": last_seal.id})
@@ -959,8 +1003,8 @@ async def _decide(
                 "The account totals kept with the last seal do not match its census.",
                 "The account totals kept with the last seal were altered behind the service: "
                 "their digest is not the one in its census.",
-                expected={"account_totals": census["account_totals"]},
-                found={"account_totals": altered},
+                expected={"totals_digest": census["totals_digest"]},
+                found={"totals_digest": altered},
             )
         transaction_ids = list(fresh_rows | {e["transaction_id"] for e in entries})
         # A fresh transaction row changes the lines of its entries in the blocks. Entries the

@@ -235,16 +235,19 @@ async def _run_checks(
             async with sessionmaker() as session, session.begin():
                 session.add(seal)
                 await session.flush()
-                if account_totals is not None:  # jsonb text made by PostgreSQL: stored as is
-                    await session.execute(
-                        seals.STORE_TOTALS, {"id": seal.id, "totals": account_totals}
-                    )
+                if account_totals is not None:  # arrays made by PostgreSQL: stored as they are
+                    await session.execute(seals.STORE_TOTALS, account_totals.stored_in(seal.id))
                 if last_seal is not None:
                     # Only the latest seal's totals are read; the digest stays in the census.
                     await session.execute(
                         update(LedgerSeal)
                         .where(LedgerSeal.id == last_seal.id)
-                        .values(account_totals=null())
+                        .values(
+                            totals_accounts=null(),
+                            totals_entries=null(),
+                            totals_balances=null(),
+                            totals_earned=null(),
+                        )
                     )
         except IntegrityError:
             note = "Another run sealed the same range first; nothing new sealed."

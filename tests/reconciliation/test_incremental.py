@@ -745,7 +745,7 @@ async def test_cached_figures_are_checked_against_the_seals_account_totals(
         assert verification(run)["mode"] == "incremental"
         assert run["report"]["seal"] is not None
     # Only the latest seal keeps its totals; every seal's census keeps their digest.
-    kept = await scalar(app, "SELECT count(account_totals) FROM ledger_seals")
+    kept = await scalar(app, "SELECT count(totals_accounts) FROM ledger_seals")
     assert kept == 1
     await tamper(
         app,
@@ -774,9 +774,10 @@ async def test_altered_account_totals_of_a_seal_are_tampering(
     a = books.members[0]
     await tamper(
         app,
-        "UPDATE ledger_seals SET account_totals = jsonb_set(account_totals, "
-        "ARRAY[CAST(:a AS text), '1'], to_jsonb((account_totals->:a->>1)::bigint + 1))",
-        a=str(a.account_id),
+        "UPDATE ledger_seals SET totals_balances[array_position(totals_accounts, :a)] = "
+        "totals_balances[array_position(totals_accounts, :a)] + 1 "
+        "WHERE totals_accounts IS NOT NULL",
+        a=db_id(app, a.account_id),
     )
     run = await reconcile(client, books.platform)
     assert run["status"] == "failed"
@@ -784,6 +785,44 @@ async def test_altered_account_totals_of_a_seal_are_tampering(
     [report] = run["report"]["tampering"]
     assert "account totals" in report["message"]
     assert run["report"]["seal"] is None
+
+
+@postgres_only
+async def test_a_seal_without_its_account_totals_sums_every_entry_once(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """A seal whose totals are gone (made before they were arrays, or cleared behind the
+    service): the next run sums every entry for the figures, raises no alarm, and leaves
+    totals in its own seal, which the run after that uses; an edited cached balance is named
+    either way."""
+    books = await sealed(client, app)
+    a, b = books.members[0], books.members[1]
+    await tamper(
+        app,
+        "UPDATE ledger_seals SET totals_accounts = NULL, totals_entries = NULL, "
+        "totals_balances = NULL, totals_earned = NULL",
+    )
+    await post(client, books.id, books.admin, [(a.account_id, 4), (b.account_id, -4)])
+    run = await reconcile(client, books.platform)
+    assert run["status"] == "passed", failing(run)
+    assert verification(run)["mode"] == "incremental"
+    assert await scalar(app, "SELECT count(totals_accounts) FROM ledger_seals") == 1
+    await tamper(
+        app,
+        "UPDATE accounts SET balance = balance + 1, earned_total = earned_total + 1 WHERE id = :a",
+        a=db_id(app, a.account_id),
+    )
+    found = failing(await reconcile(client, books.platform))
+    assert [f["rows"] for f in found["cached_totals"]] == [{"account_id": a.account_id}]
+    await tamper(
+        app,
+        "UPDATE ledger_seals SET totals_accounts = NULL, totals_entries = NULL, "
+        "totals_balances = NULL, totals_earned = NULL",
+    )
+    assert (
+        failing(await reconcile(client, books.platform))["cached_totals"]
+        == (found["cached_totals"])
+    )
 
 
 def _findings(run: dict[str, Any]) -> dict[str, list[Any]]:

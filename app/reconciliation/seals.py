@@ -842,10 +842,10 @@ class Plan:
 
 def _chain_starts(entries: list[Any]) -> dict[uuid.UUID, int]:
     starts: dict[uuid.UUID, int] = {}
-    for account, version in sorted(
-        ((e["account_id"], e["account_version"]) for e in entries), key=lambda e: -e[1]
-    ):
-        starts[account] = version  # the lowest last
+    for entry in entries:
+        account, version = entry["account_id"], entry["account_version"]
+        if version < starts.get(account, version + 1):
+            starts[account] = version
     return starts
 
 
@@ -977,9 +977,13 @@ async def _decide(
     fresh_rows = {row["id"] for row in fresh_transactions}
     if len(seed.entries) > FRESH_LIMIT or len(seed.transactions) > FRESH_LIMIT:
         return Plan("full", "Too many rows written since the last seal to be worth comparing.")
-    fresh_ids = {
-        "entries": {str(e["id"]) for e in entries},
-        "transactions": {str(t) for t in fresh_rows},
+    entry_ids = {e["id"] for e in entries}
+    # (The census lists ids as text: read those few, rather than print thousands of ids.)
+    listed_entries = {int(i) for i in census["entries"]["fresh"]}
+    listed = {uuid.UUID(t) for t in census["transactions"]["fresh"]}
+    listed_gone = {
+        "entries": len(listed_entries - entry_ids),
+        "transactions": len(listed - fresh_rows),
     }
     # Rows, not ids: with its primary key dropped, or through a child table (INHERITS), a
     # table can hold one id twice, and a fresh copy of a row must not make up for a deleted
@@ -993,8 +997,7 @@ async def _decide(
         older_gone = 0
         if seed.counts is not None:
             older_gone = census[table]["before"] - (seed.counts.totals[table] - fresh_count[table])
-        listed_gone = len(set(census[table]["fresh"]) - fresh_ids[table])
-        gone[table] = abs(older_gone) + listed_gone
+        gone[table] = abs(older_gone) + listed_gone[table]
     if all(n == 0 for n in gone.values()):
         kept, altered = await _totals(session, last_seal)
         if altered is not None:
@@ -1012,8 +1015,6 @@ async def _decide(
         # entry's transaction), so, the census holding, only to one it listed as fresh, or
         # one with a second, old row under the same id; every other fresh transaction is new
         # and its entries are fresh themselves.
-        listed = {uuid.UUID(t) for t in census["transactions"]["fresh"]}
-        listed_entries = set(census["entries"]["fresh"])
         copied = seed.old_transaction_ids
         suspects = [t for t in fresh_rows if t in listed or copied is None or t in copied]
         of_fresh = (
@@ -1023,15 +1024,13 @@ async def _decide(
             "incremental",
             "The census of the last seal holds: only rows written since are re-hashed.",
             fresh=Fresh(
-                entry_ids=sorted({e["id"] for e in entries}),
+                entry_ids=sorted(entry_ids),
                 transaction_ids=transaction_ids,
-                entry_ids_to_rehash=sorted({e["id"] for e in entries} | set(of_fresh)),
+                entry_ids_to_rehash=sorted(entry_ids | set(of_fresh)),
                 chain_starts=_chain_starts(entries),
                 totals_of=last_seal.id if kept else None,
                 entry_ids_now=[int(e["id"]) for e in seed.entries if e["fresh_now"]],
-                irregular_accounts={
-                    e["account_id"] for e in entries if str(e["id"]) in listed_entries
-                },
+                irregular_accounts={e["account_id"] for e in entries if e["id"] in listed_entries},
                 counted=counted,
             ),
             full_verified_at=full_verified_at,

@@ -24,6 +24,7 @@ from app.core.errors import (
     error_responses,
     install_error_handlers,
 )
+from app.core.keepalive import KeepAliveLimitMiddleware
 from app.core.observability import Metrics, RequestContextMiddleware, configure_logging
 from app.core.runtime import freeze_startup_objects
 from app.core.security import PasswordService, TokenService
@@ -140,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_request_body_bytes
     )
+    app.add_middleware(KeepAliveLimitMiddleware, max_requests=settings.keepalive_requests)
 
     app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]
     app.include_router(auth_router)

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     allow_signup: bool = True
     cors_origins: list[str] = Field(default_factory=list)
     max_request_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    # A keep-alive connection is closed after this many requests (0: never), so connections
+    # spread over the workers (app/core/keepalive.py); nginx's keepalive_requests.
+    keepalive_requests: int = Field(default=100, ge=0)
     default_page_size: int = Field(default=50, ge=1)
     max_page_size: int = Field(default=200, ge=1)
     log_level: str = "INFO"

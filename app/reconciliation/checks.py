@@ -698,14 +698,21 @@ async def exchanges_posted_once(
     )
     unclaimed_possible = True
     if fresh is not None:
-        # Incremental (whole ledger): each exchange's transactions through the primary key,
-        # and, instead of looking through every transaction for an unclaimed one, a count:
-        # when the distinct exchange transactions claimed number as many as the exchange
-        # transaction rows (counted by the census scan), none is unclaimed.
+        # Incremental (whole ledger): each exchange written since the last seal has its
+        # transactions checked through the primary key; every other one is as the sealing run
+        # checked it, and so are the transactions it names (the census holds). Instead of
+        # looking through every transaction for an unclaimed one, a count: when the distinct
+        # exchange transactions claimed number as many as the exchange transaction rows
+        # (counted by the census scan), none is unclaimed.
+        written_since, params = fresh.window.predicate("reference")
         probed = list(
             await session.execute(
-                text(_EXCHANGES_BY_INDEX),
-                {"posted": list(POSTED_EXCHANGE_STATUSES), "reversed": Resolution.reversed.value},
+                text(_EXCHANGES_BY_INDEX.format(fresh=written_since)),
+                params
+                | {
+                    "posted": list(POSTED_EXCHANGE_STATUSES),
+                    "reversed": Resolution.reversed.value,
+                },
             )
         )
         rows: Any = [r[1:6] for r in probed if r.part == "posted"]
@@ -801,32 +808,42 @@ async def exchanges_posted_once(
 
 
 # exchanges_posted_once, incrementally: the same two findings as its statements, and the
-# number of distinct exchange transactions that some exchange claims.
+# number of distinct exchange transactions that some exchange claims. Only exchange rows
+# written since the last seal (fresh to its census's window) have their transactions looked
+# up: an older row is one the sealing run saw and checked (it passed), naming transactions
+# the census proves unchanged, so a posted one claims an exchange transaction and any other
+# names none. (An exchange rewritten or added behind the service is a fresh row; one deleted
+# leaves its transaction unclaimed, which the count shows.)
 _EXCHANGES_BY_INDEX = """
 WITH x AS (
-  SELECT x.id, x.status, x.transaction_id, t.id AS found_id, t.kind, x.resolution,
+  SELECT x.id, x.status, x.transaction_id, x.fresh, t.id AS found_id, t.kind, x.resolution,
     x.reversal_transaction_id, r.id AS reversal_found, r.reverses_id
-  FROM exchanges x
-  LEFT JOIN LATERAL (SELECT id, kind FROM transactions WHERE id = x.transaction_id OFFSET 0) AS t
-    ON true
+  FROM (SELECT r.*, {fresh} AS fresh FROM exchanges r) AS x
+  LEFT JOIN LATERAL (
+    SELECT id, kind FROM transactions WHERE x.fresh AND id = x.transaction_id OFFSET 0
+  ) AS t ON true
   LEFT JOIN LATERAL (
     SELECT id, reverses_id FROM transactions
-    WHERE x.reversal_transaction_id IS NOT NULL AND id = x.reversal_transaction_id OFFSET 0
+    WHERE x.fresh AND x.reversal_transaction_id IS NOT NULL
+      AND id = x.reversal_transaction_id OFFSET 0
   ) AS r ON true
 )
 SELECT 'posted' AS part, id, status, transaction_id, found_id, kind,
   CAST(NULL AS uuid) AS reverses_id, CAST(NULL AS bigint) AS claimed
 FROM x
-WHERE (status = ANY(CAST(:posted AS text[])) AND (found_id IS NULL OR kind <> 'exchange'))
-  OR (status <> ALL(CAST(:posted AS text[])) AND transaction_id IS NOT NULL)
+WHERE fresh AND (
+  (status = ANY(CAST(:posted AS text[])) AND (found_id IS NULL OR kind <> 'exchange'))
+  OR (status <> ALL(CAST(:posted AS text[])) AND transaction_id IS NOT NULL))
 UNION ALL
 SELECT 'reversed', id, status, reversal_transaction_id, NULL, NULL, reverses_id, NULL
 FROM x
-WHERE resolution = :reversed
+WHERE fresh AND resolution = :reversed
   AND (reversal_found IS NULL OR reverses_id IS DISTINCT FROM transaction_id)
 UNION ALL
 SELECT 'claimed', NULL, NULL, NULL, NULL, NULL, NULL,
-  count(DISTINCT found_id) FILTER (WHERE kind = 'exchange')
+  count(DISTINCT CASE WHEN fresh THEN found_id ELSE transaction_id END)
+    FILTER (WHERE (fresh AND kind = 'exchange')
+      OR (NOT fresh AND status = ANY(CAST(:posted AS text[]))))
 FROM x
 """
 

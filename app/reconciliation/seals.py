@@ -793,6 +793,9 @@ class Fresh:
     entry_ids_to_rehash: list[int]
     # Each account with a fresh entry, and the lowest version among its fresh entries.
     chain_starts: dict[uuid.UUID, int]
+    # The last census's window: rows fresh to it were written since the sealing run (or
+    # listed by it); every other row it saw, checked, and the census proves unchanged.
+    window: Window
     # The last seal, when it kept account totals (each account's figures over the entries its
     # census counts as old, all still there unchanged): with the fresh entries they give every
     # account's figures (figures_sql). None when it kept none.
@@ -1028,6 +1031,7 @@ async def _decide(
                 transaction_ids=transaction_ids,
                 entry_ids_to_rehash=sorted(entry_ids | set(of_fresh)),
                 chain_starts=_chain_starts(entries),
+                window=Window.of(census),
                 totals_of=last_seal.id if kept else None,
                 entry_ids_now=[int(e["id"]) for e in seed.entries if e["fresh_now"]],
                 irregular_accounts={e["account_id"] for e in entries if e["id"] in listed_entries},

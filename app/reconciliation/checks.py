@@ -47,9 +47,9 @@ from app.reconciliation.findings import CheckResult, Finding
 from app.reconciliation.seals import (
     SEAL_TOTALS,
     TOTALS_COLUMNS,
-    TOTALS_CTES,
     AccountTotals,
     Fresh,
+    totals_ctes,
 )
 
 POSTED_EXCHANGE_STATUSES = (
@@ -196,7 +196,9 @@ async def _account_pass(
             "irregular": list(fresh.irregular_accounts),
         }
         statement = _ACCOUNTS_FROM_TOTALS.format(
-            seal_totals=SEAL_TOTALS, totals=TOTALS_CTES, columns=TOTALS_COLUMNS
+            seal_totals=SEAL_TOTALS,
+            totals=totals_ctes(fresh.entry_ids_now),
+            columns=TOTALS_COLUMNS,
         )
         rows = []
         for row in await session.execute(text(statement), params):

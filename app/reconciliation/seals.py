@@ -455,10 +455,8 @@ async def take_census(
     rows older than ``reference`` (census_reference) are counted, the few fresher ones listed
     by id; and each account's figures over the old entries (the seal's account totals; their
     digest goes in the census). An incremental run has counted and
-    classified the rows already (``seed``), and takes the figures from the last seal's
-    totals (``fresh``)."""
-    totals_of = fresh.totals_of if fresh is not None else None
-    fresh_entries = fresh.entry_ids if fresh is not None else None
+    classified the rows already (``seed``), and its account pass made the figures from the
+    last seal's totals (``fresh``)."""
     if session.get_bind().dialect.name != "postgresql":
         return None, None
     if seed is None:
@@ -482,12 +480,8 @@ async def take_census(
         account_totals = made[1]
     else:
         fresh_now = [int(e["id"]) for e in seed.entries if e["fresh_now"]]  # the others: old
-        params = {
-            "seal": str(totals_of),
-            "fresh_entries": fresh_entries or [],
-            "fresh_now": fresh_now,
-        }
-        row = (await session.execute(text(_new_totals_sql(totals_of)), params)).one()
+        statement = _new_totals_sql(fresh_now)
+        row = (await session.execute(text(statement), {"fresh_now": fresh_now})).one()
         account_totals = AccountTotals.of(row)
     census["totals_digest"] = account_totals.digest
     return census, account_totals
@@ -514,26 +508,13 @@ SEAL_TOTALS = (
 )
 
 
-def figures_sql(totals_of: uuid.UUID | None) -> str:
-    """A statement giving every account's figures over all its entries: summed from the
-    entries, or (``totals_of``, a seal whose census held) that seal's account totals plus the
-    fresh entries (parameters ``seal`` and ``fresh_entries``, their ids)."""
-    if totals_of is None:
-        return _FIGURES.format(entries="entries")
-    fresh = _FIGURES.format(entries=_ENTRIES_BY_ID.format(ids="fresh_entries"))
-    return (
-        "SELECT account_id, sum(n) AS n, sum(t) AS t, sum(earned) AS earned, "  # noqa: S608
-        f"sum(spent) AS spent FROM ({SEAL_TOTALS} UNION ALL {fresh}) AS x GROUP BY account_id"
-    )
-
-
 # The new seal's totals, over the entries its census counts as old: every entry's figures
 # less those of the fresh ones, as four aligned arrays (account ids, entries, balances,
 # earned; spent is earned less the balance, as the full pass has it), built and digested by
 # PostgreSQL: the digest is sha256 over the arrays' binary form (array_send), taken the same
 # way from what is stored (TOTALS_DIGEST). The order of the accounts is whatever the one
 # aggregation gave: the digest is of the arrays as stored, so it needs none in particular.
-TOTALS_CTES = (
+_KEPT_LESS_GONE = (
     "gone AS (" + _FIGURES.format(entries=_ENTRIES_BY_ID.format(ids="fresh_now")) + "), "  # noqa: S608
     # (A sum over both rather than a join: no plan can make it quadratic. bigint sums: a sum
     # of numerics costs several times as much.)
@@ -541,11 +522,23 @@ TOTALS_CTES = (
     "CAST(sum(earned) AS bigint) AS earned, CAST(sum(spent) AS bigint) AS spent "
     "FROM (SELECT * FROM figures UNION ALL "
     "SELECT account_id, -n, -t, -earned, -spent FROM gone) AS both_ GROUP BY account_id), "
+)
+# (Usually no entry is fresh to the run's own reference: then every entry's figures are kept.)
+_KEPT_ALL = "kept AS (SELECT * FROM figures), "
+_TOTALS = (
     "totals AS (SELECT coalesce(array_agg(account_id), '{}') AS accounts, "
     "coalesce(array_agg(n), '{}') AS entries, coalesce(array_agg(t), '{}') AS balances, "
     "coalesce(array_agg(earned), '{}') AS earned "
     "FROM kept WHERE n <> 0 OR t <> 0 OR earned <> 0 OR spent <> 0)"
 )
+
+
+def totals_ctes(fresh_now: list[int]) -> str:
+    """The CTEs gone (unless ``fresh_now`` is empty), kept and totals, from a CTE figures;
+    parameter ``fresh_now``: the ids of the entries fresh to this run's reference."""
+    return (_KEPT_LESS_GONE if fresh_now else _KEPT_ALL) + _TOTALS
+
+
 _TOTALS_DIGEST = (
     "encode(sha256(array_send({p}accounts) || array_send({p}entries) || "
     "array_send({p}balances) || array_send({p}earned)), 'hex')"
@@ -556,9 +549,11 @@ TOTALS_COLUMNS = (
 )
 
 
-def _new_totals_sql(totals_of: uuid.UUID | None) -> str:
+def _new_totals_sql(fresh_now: list[int]) -> str:
+    """The new seal's totals summed from every entry (an incremental run's account pass has
+    made them from the last seal's totals already)."""
     return (
-        f"WITH figures AS ({figures_sql(totals_of)}), {TOTALS_CTES} "  # noqa: S608
+        f"WITH figures AS ({_FIGURES.format(entries='entries')}), {totals_ctes(fresh_now)} "  # noqa: S608
         f"SELECT {TOTALS_COLUMNS} FROM totals"
     )
 
@@ -798,7 +793,7 @@ class Fresh:
     window: Window
     # The last seal, when it kept account totals (each account's figures over the entries its
     # census counts as old, all still there unchanged): with the fresh entries they give every
-    # account's figures (figures_sql). None when it kept none.
+    # account's figures (the account pass). None when it kept none.
     totals_of: uuid.UUID | None = None
     # The entries fresh to this run's own census reference (the next seal's census lists them,
     # and leaves them out of its account totals).

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     # Storage
     database_url: str = "sqlite+aiosqlite:///./timebank.db"
     database_pool_size: int = Field(default=20, ge=1, le=200)
+    posting_concurrency: int = Field(default=4, ge=1, le=200)
     database_echo: bool = False
     sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
 

@@ -157,7 +157,7 @@ def single_poster(
     """The poster for the engine's database; on SQLite it takes turns with the general path's
     writers on the application's write lock."""
     if engine.dialect.name == "postgresql":
-        return PostgresSinglePoster(engine)
+        return PostgresSinglePoster(engine, settings.posting_concurrency)
     from app.ledger.single_post_sqlite import SqliteSinglePoster  # imports this module
 
     assert sqlite_write_lock is not None
@@ -167,8 +167,9 @@ def single_poster(
 class PostgresSinglePoster:
     """The posting as one call of ``ledger_post_transaction`` (migration 0008)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, concurrency: int) -> None:
         self._engine = engine
+        self._admission = asyncio.Semaphore(concurrency)
 
     async def close(self) -> None:
         """The engine's pool is the application's to dispose of."""
@@ -185,32 +186,33 @@ class PostgresSinglePoster:
             minutes = [amount for _, amount in request.lines]
             digest = transaction.content_hash
             prefix = _response_prefix(transaction)
-        row = await _call(
-            self._engine,
-            subject.user_id,
-            subject.client_id,
-            WRITE_SCOPE in subject.scopes,
-            community_id,
-            key.principal,
-            key.key,
-            key.request_hash,
-            key.method,
-            key.path,
-            lock_id(key.principal, key.key),
-            now,
-            now + RETENTION,
-            posting.refusal is not None,
-            transaction.id if transaction is not None else None,
-            request.kind.value if request is not None else data.kind,
-            data.memo,
-            request.occurred_on if request is not None else now.date(),
-            json.dumps(data.details),
-            digest,
-            accounts,
-            minutes,
-            prefix,
-            "}",
-        )
+        async with self._admission:
+            row = await _call(
+                self._engine,
+                subject.user_id,
+                subject.client_id,
+                WRITE_SCOPE in subject.scopes,
+                community_id,
+                key.principal,
+                key.key,
+                key.request_hash,
+                key.method,
+                key.path,
+                lock_id(key.principal, key.key),
+                now,
+                now + RETENTION,
+                posting.refusal is not None,
+                transaction.id if transaction is not None else None,
+                request.kind.value if request is not None else data.kind,
+                data.memo,
+                request.occurred_on if request is not None else now.date(),
+                json.dumps(data.details),
+                digest,
+                accounts,
+                minutes,
+                prefix,
+                "}",
+            )
         outcome: str = row["outcome"]
         if outcome in ("posted", "replay"):
             return Outcome(

@@ -40,7 +40,11 @@ ALLOWED_REFUSALS = {"insufficient_balance", "over_balance_cap"}
 
 @pytest.fixture
 async def wide_app(database_url: str) -> AsyncIterator[FastAPI]:
-    application = create_app(make_settings(database_url, database_pool_size=POOL_SIZE))
+    # Every client's posting in the database at once: the locks, not the worker's admission
+    # limit (TIMEBANK_POSTING_CONCURRENCY), are what is tested here.
+    application = create_app(
+        make_settings(database_url, database_pool_size=POOL_SIZE, posting_concurrency=POOL_SIZE)
+    )
     async with application.router.lifespan_context(application):
         yield application
 

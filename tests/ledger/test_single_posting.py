@@ -11,6 +11,7 @@ another community), so every path is held to the same answers.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import date, datetime
 from types import SimpleNamespace
@@ -22,9 +23,13 @@ from fastapi import FastAPI
 from httpx import AsyncClient, Response
 from sqlalchemy import text
 
+from app.access.community import CommunityRef
+from app.access.principal import TokenSubject
 from app.core.errors import database_unavailable
 from app.ledger import errors, single_post
+from app.ledger.idempotency import IdempotencyKey
 from app.ledger.posting import PostedEntry, PostedTransaction
+from app.ledger.schemas import TransactionCreate
 from app.ledger.service import transaction_read
 from app.models.ledger import TransactionKind
 from tests.factories import IdentityApi, expect
@@ -245,3 +250,61 @@ async def test_database_errors_of_the_single_posting_call_become_the_general_pat
 def test_an_outcome_the_service_does_not_know_is_a_defect_not_a_refusal() -> None:
     with pytest.raises(AssertionError, match="surprise"):
         single_post._refusal("surprise", {}, uuid.uuid4(), "x")
+
+
+class _SlowDatabase:
+    """An engine whose calls wait until released, counting how many are in the database."""
+
+    def __init__(self) -> None:
+        self.inside = self.most_inside = 0
+        self.release = asyncio.Event()
+
+    def connect(self) -> _SlowDatabase:
+        return self
+
+    async def __aenter__(self) -> _SlowDatabase:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def get_raw_connection(self) -> SimpleNamespace:
+        return SimpleNamespace(driver_connection=self)
+
+    async def fetchrow(self, *parameters: object) -> dict[str, object]:
+        self.inside += 1
+        self.most_inside = max(self.most_inside, self.inside)
+        await self.release.wait()
+        self.inside -= 1
+        return {"outcome": "posted", "response_status": 201, "response_body": "{}"}
+
+
+async def test_a_worker_sends_at_most_its_posting_concurrency_to_postgresql_at_once() -> None:
+    """The rest wait their turn in the worker: fewer busy backends cost PostgreSQL less CPU
+    per posting than many contending ones."""
+    database = _SlowDatabase()
+    poster = single_post.PostgresSinglePoster(database, concurrency=3)  # type: ignore[arg-type]
+    subject = TokenSubject(user_id=uuid.uuid4(), client_id=None, scopes=frozenset())
+    community = CommunityRef(id=uuid.uuid4(), as_written="x")
+    data = TransactionCreate.model_validate(
+        {
+            "entries": [
+                {"account_id": str(uuid.uuid4()), "minutes": 5},
+                {"account_id": str(uuid.uuid4()), "minutes": -5},
+            ]
+        }
+    )
+    postings = [
+        single_post.prepare(
+            subject, community, IdempotencyKey(f"user:{n}", "k", "POST", "/p", "h"), data
+        )
+        for n in range(10)
+    ]
+    calls = [asyncio.create_task(poster.post(posting)) for posting in postings]
+    for _ in range(100):  # every task gets as far as it can
+        await asyncio.sleep(0)
+    assert database.inside == 3  # seven wait in the worker
+    database.release.set()
+    outcomes = await asyncio.gather(*calls)
+    assert [outcome.status for outcome in outcomes] == [201] * 10
+    assert database.most_inside == 3

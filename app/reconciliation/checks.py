@@ -704,8 +704,8 @@ async def exchanges_posted_once(
         # transactions checked through the primary key; every other one is as the sealing run
         # checked it, and so are the transactions it names (the census holds). Instead of
         # looking through every transaction for an unclaimed one, a count: when the distinct
-        # exchange transactions claimed number as many as the exchange transaction rows
-        # (counted by the census scan), none is unclaimed.
+        # exchange transactions claimed number as many as the exchange transaction rows (the
+        # last census's old ones, unchanged, and the fresh ones found), none is unclaimed.
         written_since, params = fresh.window.predicate("reference")
         probed = list(
             await session.execute(
@@ -720,7 +720,7 @@ async def exchanges_posted_once(
         rows: Any = [r[1:6] for r in probed if r.part == "posted"]
         reversed_without: Any = [(r[1], r[3], r[6]) for r in probed if r.part == "reversed"]
         claimed = next(r.claimed for r in probed if r.part == "claimed")
-        unclaimed_possible = claimed != (await fresh.counts()).exchange_transactions
+        unclaimed_possible = claimed != fresh.exchange_transactions  # (None: not known)
     else:
         rows = await session.execute(
             select(

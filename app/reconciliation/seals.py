@@ -371,8 +371,8 @@ _COUNTS = (
     "SELECT * FROM "
     "(SELECT count(*), count(*) FILTER (WHERE {fresh}), {fresh_now_count} "
     "FROM entries r) AS e CROSS JOIN "
-    "(SELECT count(*), count(*) FILTER (WHERE {fresh}), {fresh_now_count}, "
-    "count(*) FILTER (WHERE r.kind = 'exchange') FROM transactions r) AS t"
+    "(SELECT count(*), count(*) FILTER (WHERE {fresh}), {fresh_now_count} "
+    "FROM transactions r) AS t"
 )
 # Where fresh rows are expected, reached through indexes: entries above the last seal's mark,
 # the rows the census listed, and the transactions of the fresh entries. When the counts say
@@ -475,6 +475,8 @@ async def take_census(
             return None, None
         counted = seed.counts.totals[table] if seed.counts is not None else 0
         census[table] = {"before": counted - len(listed), "fresh": sorted(listed)}
+    if seed.old_exchange_transactions is not None:
+        census["transactions"]["exchanges"] = seed.old_exchange_transactions
     made = session.info.get("account_totals")  # by the checks' account pass, incrementally
     if made is not None and made[0] is fresh:
         account_totals = made[1]
@@ -614,6 +616,17 @@ class CensusSeed:
     # The ids of old rows found beside the fresh transactions (the same id twice: a copy), or
     # None when the fresh rows were found by the predicate, so no old copies were looked for.
     old_transaction_ids: set[Any] | None = None
+    # Transaction rows of kind exchange: counted with the rows (a full run), or the last
+    # census's old ones plus the fresh ones (_decide); None when neither is known.
+    exchange_transactions: int | None = None
+
+    @property
+    def old_exchange_transactions(self) -> int | None:
+        """Transaction rows of kind exchange that this run's census counts as old."""
+        if self.exchange_transactions is None:
+            return None
+        fresh_now = sum(1 for r in self.transactions if r["fresh_now"] and r["kind"] == "exchange")
+        return self.exchange_transactions - fresh_now
 
     @property
     def fresh_now(self) -> dict[str, list[str]]:
@@ -654,8 +667,8 @@ class Expected:
 
 @dataclass
 class Counts:
-    """What the census scan counted, per table: every row, the fresh ones (to the last
-    census's reference and to this run's), and the transactions of kind exchange.
+    """What the census scan counted, per table: every row, and the fresh ones (to the last
+    census's reference and to this run's).
 
     ``fresh_now`` is None when this run's window lies inside the last census's (nested): its
     fresh rows are then among the last census's, so once every one of those is found, so is
@@ -664,7 +677,6 @@ class Counts:
     totals: dict[str, int]
     fresh: dict[str, int]
     fresh_now: dict[str, int] | None
-    exchange_transactions: int
 
 
 async def _count(
@@ -677,18 +689,20 @@ async def _count(
         fresh=predicates["fresh"],
         fresh_now_count="NULL" if nested else f"count(*) FILTER (WHERE {predicates['fresh_now']})",
     )
-    e_rows, e_fresh, e_now, t_rows, t_fresh, t_now, exchanges = (
+    e_rows, e_fresh, e_now, t_rows, t_fresh, t_now = (
         await connection.execute(text(statement), params)
     ).one()
     return Counts(
         totals={"entries": int(e_rows), "transactions": int(t_rows)},
         fresh={"entries": int(e_fresh), "transactions": int(t_fresh)},
         fresh_now=None if nested else {"entries": int(e_now), "transactions": int(t_now)},
-        exchange_transactions=int(exchanges),
     )
 
 
-_ROWS = text("SELECT (SELECT count(*) FROM entries), (SELECT count(*) FROM transactions)")
+_ROWS = text(
+    "SELECT (SELECT count(*) FROM entries), t.* FROM "
+    "(SELECT count(*), count(*) FILTER (WHERE kind = 'exchange') FROM transactions) AS t"
+)
 _SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9A-F]+)?")
 
 
@@ -729,10 +743,12 @@ async def _census_seed(
     and no ``counts`` (they are being counted beside, _count_beside), the fresh rows are
     taken to be where the last census expects them: confirm_plan checks that later."""
     predicates, params = _predicates(window, window_now)
+    exchange_transactions = None
     if counts is None and expected is None:  # (no fresh rows expected anywhere: count rows)
-        entries, transactions = (await session.execute(_ROWS)).one()
+        entries, transactions, exchanges = (await session.execute(_ROWS)).one()
         totals = {"entries": int(entries), "transactions": int(transactions)}
-        counts = Counts(totals=totals, fresh={}, fresh_now={}, exchange_transactions=0)
+        counts = Counts(totals=totals, fresh={}, fresh_now={})
+        exchange_transactions = int(exchanges)
     found: dict[str, list[Any]] = {}
     seen: dict[str, set[Any]] = {}
     for table in ("entries", "transactions"):
@@ -759,6 +775,7 @@ async def _census_seed(
         transactions=found["transactions"],
         window_now=window_now,
         old_transaction_ids=seen.get("transactions"),
+        exchange_transactions=exchange_transactions,
     )
 
 
@@ -801,13 +818,14 @@ class Fresh:
     # Accounts with an entry the last census listed as fresh: for the sealing run their old
     # entries need not have been a prefix of the chain (balance_chains reads their tails).
     irregular_accounts: set[Any] = field(default_factory=set)
-    # The census scan's counts (exchanges_posted_once needs the transactions of kind
-    # exchange), possibly still being counted beside the checks.
+    # The census scan's counts, possibly still being counted beside the checks (confirm_plan
+    # waits for them).
     counted: asyncio.Future[Counts] | None = None
-
-    async def counts(self) -> Counts:
-        assert self.counted is not None
-        return await self.counted
+    # Transaction rows of kind exchange (exchanges_posted_once): the last census's old ones,
+    # which it proves unchanged, plus the fresh ones found; None when the census has no such
+    # count (made before it kept one). Found, not counted: should the census scan show that
+    # some fresh rows were not found, confirm_plan replaces the plan and the checks run again.
+    exchange_transactions: int | None = None
 
 
 @dataclass
@@ -1013,6 +1031,11 @@ async def _decide(
         # entry's transaction), so, the census holding, only to one it listed as fresh, or
         # one with a second, old row under the same id; every other fresh transaction is new
         # and its entries are fresh themselves.
+        old_exchanges = census["transactions"].get("exchanges")
+        if old_exchanges is not None:
+            seed.exchange_transactions = old_exchanges + sum(
+                1 for r in fresh_transactions if r["kind"] == "exchange"
+            )
         copied = seed.old_transaction_ids
         suspects = [t for t in fresh_rows if t in listed or copied is None or t in copied]
         of_fresh = (
@@ -1031,6 +1054,7 @@ async def _decide(
                 entry_ids_now=[int(e["id"]) for e in seed.entries if e["fresh_now"]],
                 irregular_accounts={e["account_id"] for e in entries if e["id"] in listed_entries},
                 counted=counted,
+                exchange_transactions=seed.exchange_transactions,
             ),
             full_verified_at=full_verified_at,
             census_seed=seed if keep_seed else None,

@@ -893,6 +893,53 @@ async def test_exchanges_are_checked_incrementally_as_in_full(
 
 
 @postgres_only
+@pytest.mark.parametrize("census_counts_exchanges", [True, False])
+async def test_an_exchange_transaction_nobody_claims_is_named_incrementally(
+    client: AsyncClient, app: FastAPI, census_counts_exchanges: bool
+) -> None:
+    """The exchange transactions are counted as the last census's old ones plus the fresh
+    ones: legitimate exchanges across sealing runs keep the count right (no alarm), and one
+    written behind the service that no exchange claims is named as a full run names it; a
+    census from before it kept that count has the run look through every transaction."""
+    books = await sealed(client, app)
+    a, b = books.members[0], books.members[1]
+    for minutes in (25, 30):
+        await record_exchange(client, books.id, books.admin, b, a, minutes)
+        run = await reconcile(client, books.platform)
+        assert run["status"] == "passed", failing(run)
+        assert run["report"]["seal"] is not None
+    census = await scalar(app, "SELECT census FROM ledger_seals ORDER BY high_water DESC LIMIT 1")
+    assert census["transactions"]["exchanges"] == 3  # the scenario's, and the two since
+    if not census_counts_exchanges:
+        seal = await scalar(app, "SELECT id FROM ledger_seals ORDER BY high_water DESC LIMIT 1")
+        previous = await scalar(
+            app,
+            "SELECT chained_digest FROM ledger_seals ORDER BY high_water DESC OFFSET 1 LIMIT 1",
+        )
+        del census["transactions"]["exchanges"]
+        row = await _seal_row(app, seal)
+        await tamper(
+            app,
+            "UPDATE ledger_seals SET census = CAST(:census AS jsonb), chained_digest = :chained "
+            "WHERE id = :id",
+            census=seals.canonical_census(census).decode(),
+            chained=seals.chain(previous, row["digest"], row["high_water"], census),
+            id=seal,
+        )
+        clean = await reconcile(client, books.platform)
+        assert clean["status"] == "passed", failing(clean)
+    unclaimed = await insert_transaction(
+        app, books.id, "exchange", [(a.account_id, 5), (b.account_id, -5)]
+    )
+    run = await reconcile(client, books.platform)
+    assert verification(run)["mode"] == "incremental"
+    [finding] = failing(run)["exchanges_posted_once"]
+    assert finding["rows"] == {"transaction_id": unclaimed}
+    full = await reconcile(client, books.platform, full=True)
+    assert _findings(run) == _findings(full)
+
+
+@postgres_only
 async def test_fresh_transactions_without_entries_or_without_a_row_are_named_incrementally(
     client: AsyncClient, app: FastAPI
 ) -> None:

@@ -371,7 +371,7 @@ _COUNTS = (
     "SELECT * FROM "
     "(SELECT count(*), count(*) FILTER (WHERE {fresh}), {fresh_now_count} "
     "FROM entries r) AS e CROSS JOIN "
-    "(SELECT count(*), count(*) FILTER (WHERE {fresh}), {fresh_now_count} "
+    "(SELECT count(*), count(*) FILTER (WHERE {fresh}), {fresh_now_count}, {exchanges_count} "
     "FROM transactions r) AS t"
 )
 # Where fresh rows are expected, reached through indexes: entries above the last seal's mark,
@@ -668,7 +668,8 @@ class Expected:
 @dataclass
 class Counts:
     """What the census scan counted, per table: every row, and the fresh ones (to the last
-    census's reference and to this run's).
+    census's reference and to this run's); and the transactions of kind exchange when the
+    last census has no count of its own to take them from (None otherwise).
 
     ``fresh_now`` is None when this run's window lies inside the last census's (nested): its
     fresh rows are then among the last census's, so once every one of those is found, so is
@@ -677,6 +678,7 @@ class Counts:
     totals: dict[str, int]
     fresh: dict[str, int]
     fresh_now: dict[str, int] | None
+    exchange_transactions: int | None = None
 
 
 async def _count(
@@ -684,18 +686,21 @@ async def _count(
     predicates: dict[str, str],
     params: dict[str, Any],
     nested: bool,
+    exchanges: bool,
 ) -> Counts:
     statement = _COUNTS.format(
         fresh=predicates["fresh"],
         fresh_now_count="NULL" if nested else f"count(*) FILTER (WHERE {predicates['fresh_now']})",
+        exchanges_count="count(*) FILTER (WHERE r.kind = 'exchange')" if exchanges else "NULL",
     )
-    e_rows, e_fresh, e_now, t_rows, t_fresh, t_now = (
+    e_rows, e_fresh, e_now, t_rows, t_fresh, t_now, exchange_rows = (
         await connection.execute(text(statement), params)
     ).one()
     return Counts(
         totals={"entries": int(e_rows), "transactions": int(t_rows)},
         fresh={"entries": int(e_fresh), "transactions": int(t_fresh)},
         fresh_now=None if nested else {"entries": int(e_now), "transactions": int(t_now)},
+        exchange_transactions=None if exchange_rows is None else int(exchange_rows),
     )
 
 
@@ -707,7 +712,11 @@ _SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9A-F]+)?")
 
 
 async def _count_beside(
-    session: AsyncSession, predicates: dict[str, str], params: dict[str, Any], nested: bool
+    session: AsyncSession,
+    predicates: dict[str, str],
+    params: dict[str, Any],
+    nested: bool,
+    exchanges: bool,
 ) -> asyncio.Task[Counts]:
     """Start the census scan on a second connection that shares the run's snapshot
     (pg_export_snapshot): the run checks the fresh rows meanwhile, and confirm_plan waits for
@@ -726,7 +735,7 @@ async def _count_beside(
             async with beside.begin():
                 await beside.execute(text(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))
                 await beside.execute(text("SET LOCAL jit = off"))
-                return await _count(beside, predicates, params, nested)
+                return await _count(beside, predicates, params, nested, exchanges)
 
     return asyncio.ensure_future(count())
 
@@ -743,7 +752,7 @@ async def _census_seed(
     and no ``counts`` (they are being counted beside, _count_beside), the fresh rows are
     taken to be where the last census expects them: confirm_plan checks that later."""
     predicates, params = _predicates(window, window_now)
-    exchange_transactions = None
+    exchange_transactions = None if counts is None else counts.exchange_transactions
     if counts is None and expected is None:  # (no fresh rows expected anywhere: count rows)
         entries, transactions, exchanges = (await session.execute(_ROWS)).one()
         totals = {"entries": int(entries), "transactions": int(transactions)}
@@ -909,7 +918,9 @@ async def plan_verification(
         return Plan("full", "Too many transactions since the last seal to compare row versions.")
     now = window.next_from(window.start if reference_now is None else reference_now)
     predicates, params = _predicates(window, now)
-    counting = await _count_beside(session, predicates, params, window.holds(now))
+    # (A census from before censuses counted their exchange transactions: count them.)
+    count_exchanges = "exchanges" not in census["transactions"]
+    counting = await _count_beside(session, predicates, params, window.holds(now), count_exchanges)
     try:
         seed = await _census_seed(
             session,
@@ -959,6 +970,8 @@ async def confirm_plan(session: AsyncSession, plan: Plan) -> Plan:
         for table, rows in (("entries", seed.entries), ("transactions", seed.transactions))
     ):
         seed.counts = counts
+        if seed.exchange_transactions is None:
+            seed.exchange_transactions = counts.exchange_transactions
         return plan
     seed = await _census_seed(
         session,

@@ -928,6 +928,12 @@ async def test_an_exchange_transaction_nobody_claims_is_named_incrementally(
         )
         clean = await reconcile(client, books.platform)
         assert clean["status"] == "passed", failing(clean)
+        # The census scan counts them then, and the next seal's census has the number again.
+        await post(client, books.id, books.admin, [(a.account_id, 2), (b.account_id, -2)])
+        sealing = await reconcile(client, books.platform)
+        assert sealing["report"]["seal"] is not None
+        latest = "SELECT census FROM ledger_seals ORDER BY high_water DESC LIMIT 1"
+        assert (await scalar(app, latest))["transactions"]["exchanges"] == 3
     unclaimed = await insert_transaction(
         app, books.id, "exchange", [(a.account_id, 5), (b.account_id, -5)]
     )

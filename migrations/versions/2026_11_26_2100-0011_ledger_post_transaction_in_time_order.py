@@ -1,0 +1,295 @@
+"""PostgreSQL: a single posting is never stamped earlier than the accounts' last change.
+
+``ledger_post_transaction`` (migration 0008) stamps a posting with the time the service read
+before the call. A posting that then waited (for its turn in the worker, or for an account's
+row lock held by another posting) could be written after a later-stamped one on the same
+account: versions and times out of step, so a balance ``as_of`` an instant between the two
+stamps counted the later one. The function now compares the stamp with the locked accounts'
+``updated_at`` (every posting sets it to its own stamp) and answers ``clock_behind`` with the
+latest one instead of writing; the service stamps the posting again, no earlier than that,
+and calls again (``app/ledger/single_post.py``). The Python engine and SQLite's poster stamp
+after locking, with the same floor.
+
+Revision ID: 0011
+Revises: 0010
+Create Date: 2026-11-26 21:00:00.000000
+"""
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+
+from alembic import op
+
+revision: str = "0011"
+down_revision: str | None = "0010"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+FUNCTION = r"""
+CREATE OR REPLACE FUNCTION ledger_post_transaction(
+    p_user uuid,
+    p_client uuid,
+    p_token_can_write boolean,
+    p_community uuid,
+    p_principal text,
+    p_key text,
+    p_request_hash text,
+    p_method text,
+    p_path text,
+    p_lock_id bigint,
+    p_now timestamptz,
+    p_expires_at timestamptz,
+    p_refused boolean,
+    p_transaction uuid,
+    p_kind text,
+    p_memo text,
+    p_occurred_on date,
+    p_details jsonb,
+    p_content_hash text,
+    p_accounts uuid[],
+    p_minutes bigint[],
+    p_body_prefix text,
+    p_body_suffix text,
+    OUT outcome text,
+    OUT detail jsonb,
+    OUT response_status integer,
+    OUT response_body text
+) LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_who record;
+    v_record record;
+    v_account record;
+    v_expired boolean := false;
+    v_lines integer := cardinality(p_accounts);
+    v_position integer;
+    v_missing text[];
+    v_status text[];
+    v_balance bigint[];
+    v_version bigint[];
+    v_min bigint[];
+    v_max bigint[];
+    v_after bigint;
+    v_balances bigint[] := '{}';
+    v_versions bigint[] := '{}';
+    v_latest timestamptz := '-infinity';
+BEGIN
+    -- Who is asking (app.access.principal.get_principal) and their part in the community
+    -- (app.access.community.authorise with role member), in one look-up.
+    IF p_user IS NOT NULL THEN
+        SELECT u.is_active, u.is_platform_admin, c.id IS NOT NULL AS community_found, c.slug,
+               m.user_id IS NOT NULL AS is_member, m.status, m.role
+        INTO v_who
+        FROM users AS u
+        LEFT JOIN communities AS c ON c.id = p_community
+        LEFT JOIN members AS m ON m.community_id = p_community AND m.user_id = p_user
+        WHERE u.id = p_user;
+        IF NOT FOUND OR NOT v_who.is_active THEN
+            outcome := 'invalid_user';
+            RETURN;
+        END IF;
+        IF NOT v_who.community_found THEN
+            outcome := 'community_not_found';
+            RETURN;
+        END IF;
+        IF NOT v_who.is_platform_admin THEN
+            IF NOT v_who.is_member THEN
+                outcome := 'not_a_member';
+                detail := jsonb_build_object('slug', v_who.slug);
+                RETURN;
+            END IF;
+            IF v_who.status <> 'active' THEN
+                outcome := 'membership_inactive';
+                detail := jsonb_build_object('slug', v_who.slug, 'status', v_who.status);
+                RETURN;
+            END IF;
+        END IF;
+    ELSE
+        SELECT cl.community_id, cl.revoked_at, cl.scopes, c.id IS NOT NULL AS community_found
+        INTO v_who
+        FROM api_clients AS cl LEFT JOIN communities AS c ON c.id = p_community
+        WHERE cl.id = p_client;
+        IF NOT FOUND OR v_who.revoked_at IS NOT NULL THEN
+            outcome := 'invalid_client';
+            RETURN;
+        END IF;
+        IF NOT v_who.community_found THEN
+            outcome := 'community_not_found';
+            RETURN;
+        END IF;
+        IF v_who.community_id <> p_community THEN
+            outcome := 'client_of_another_community';
+            RETURN;
+        END IF;
+        IF NOT (p_token_can_write AND v_who.scopes ? 'ledger:write') THEN
+            outcome := 'insufficient_scope';
+            RETURN;
+        END IF;
+    END IF;
+
+    -- The Idempotency-Key (app.ledger.idempotency.run_idempotent).
+    IF NOT pg_try_advisory_xact_lock(p_lock_id) THEN
+        outcome := 'in_progress';
+        RETURN;
+    END IF;
+    SELECT r.request_hash, r.response_status, r.response_body, r.expires_at INTO v_record
+    FROM idempotency_records AS r WHERE r.principal = p_principal AND r.key = p_key;
+    IF FOUND THEN
+        IF v_record.expires_at > p_now THEN
+            IF v_record.request_hash <> p_request_hash THEN
+                outcome := 'key_reused';
+                RETURN;
+            END IF;
+            outcome := 'replay';
+            response_status := v_record.response_status;
+            response_body := v_record.response_body;
+            RETURN;
+        END IF;
+        v_expired := true;
+    END IF;
+
+    -- Who may post directly (app.ledger.service.require_ledger_writer).
+    IF p_user IS NOT NULL THEN
+        IF NOT v_who.is_platform_admin THEN
+            IF v_who.role NOT IN ('coordinator', 'admin') THEN
+                outcome := 'not_a_ledger_writer';
+                RETURN;
+            END IF;
+        END IF;
+    END IF;
+    IF p_refused THEN
+        -- The service found the request itself wanting; it says why.
+        outcome := 'refused_by_service';
+        RETURN;
+    END IF;
+
+    -- The posting (app.ledger.posting): the accounts locked in ascending id order and the
+    -- community's limits share-locked, in one statement; an account of another community is,
+    -- to this one, no account at all.
+    v_status := array_fill(NULL::text, ARRAY[v_lines]);
+    FOR v_account IN
+        SELECT a.id, a.community_id, a.status, a.balance, a.version, a.updated_at,
+               coalesce(a.min_balance, c.default_min_balance) AS min_balance,
+               coalesce(a.max_balance, c.default_max_balance) AS max_balance
+        FROM accounts AS a JOIN communities AS c ON c.id = a.community_id
+        WHERE a.id = ANY(p_accounts)
+        ORDER BY a.id
+        FOR UPDATE OF a FOR SHARE OF c
+    LOOP
+        IF v_account.community_id = p_community THEN
+            v_position := array_position(p_accounts, v_account.id);
+            v_status[v_position] := v_account.status;
+            v_balance[v_position] := v_account.balance;
+            v_version[v_position] := v_account.version;
+            v_min[v_position] := v_account.min_balance;
+            v_max[v_position] := v_account.max_balance;
+            v_latest := greatest(v_latest, v_account.updated_at);
+        END IF;
+    END LOOP;
+    FOR i IN 1 .. v_lines LOOP
+        IF v_status[i] IS NULL THEN
+            v_missing := v_missing || p_accounts[i]::text;
+        END IF;
+    END LOOP;
+    IF v_missing IS NOT NULL THEN
+        outcome := 'account_not_found';
+        detail := jsonb_build_object('slug', (SELECT c.slug FROM communities AS c
+                                              WHERE c.id = p_community),
+                                     'account_ids', to_jsonb(v_missing));
+        RETURN;
+    END IF;
+    FOR i IN 1 .. v_lines LOOP
+        IF v_status[i] <> 'open' THEN
+            outcome := 'account_closed';
+            detail := jsonb_build_object('account_id', p_accounts[i]);
+            RETURN;
+        END IF;
+        v_after := v_balance[i] + p_minutes[i];
+        IF p_minutes[i] < 0 AND v_after < v_min[i] THEN
+            outcome := 'insufficient_balance';
+            detail := jsonb_build_object('account_id', p_accounts[i], 'balance', v_balance[i],
+                                         'after', v_after, 'limit', v_min[i]);
+            RETURN;
+        END IF;
+        IF p_minutes[i] > 0 AND v_after > v_max[i] THEN
+            outcome := 'over_balance_cap';
+            detail := jsonb_build_object('account_id', p_accounts[i], 'balance', v_balance[i],
+                                         'after', v_after, 'limit', v_max[i]);
+            RETURN;
+        END IF;
+        v_balances := v_balances || v_after;
+        v_versions := v_versions || (v_version[i] + 1);
+    END LOOP;
+
+    -- An account's entries are posted in time order. A posting stamped before another one on
+    -- these accounts was written (it waited for their locks, or for its turn in the worker) is
+    -- sent back to be stamped again, no earlier than that one (app/ledger/single_post.py).
+    IF v_latest > p_now THEN
+        outcome := 'clock_behind';
+        detail := jsonb_build_object('latest', v_latest);
+        RETURN;
+    END IF;
+
+    INSERT INTO transactions (id, community_id, kind, memo, occurred_on, details, posted_at,
+                              posted_by_user_id, posted_by_client_id, reverses_id, content_hash)
+    VALUES (p_transaction, p_community, p_kind, p_memo, p_occurred_on, p_details, p_now,
+            p_user, p_client, NULL, p_content_hash);
+    INSERT INTO entries (transaction_id, account_id, amount, balance_after, account_version,
+                         posted_at)
+    SELECT p_transaction, l.account, l.minutes, l.balance, l.version, p_now
+    FROM unnest(p_accounts, p_minutes, v_balances, v_versions)
+         WITH ORDINALITY AS l(account, minutes, balance, version, n)
+    ORDER BY l.n;
+    UPDATE accounts AS a
+    SET balance = l.balance, version = l.version,
+        earned_total = a.earned_total + greatest(l.minutes, 0),
+        spent_total = a.spent_total + greatest(-l.minutes, 0),
+        updated_at = p_now
+    FROM unnest(p_accounts, p_minutes, v_balances, v_versions) AS l(account, minutes, balance, version)
+    WHERE a.id = l.account;
+
+    -- The response, exactly as the service renders it: its entries spliced in, in order.
+    SELECT p_body_prefix || '[' || string_agg(
+               format('{"id":null,"account_id":"%s","minutes":%s,"balance_after":%s,'
+                      '"account_version":%s}', l.account, l.minutes, l.balance, l.version),
+               ',' ORDER BY l.n) || ']' || p_body_suffix
+    INTO response_body
+    FROM unnest(p_accounts, p_minutes, v_balances, v_versions)
+         WITH ORDINALITY AS l(account, minutes, balance, version, n);
+    IF v_expired THEN
+        DELETE FROM idempotency_records AS r WHERE r.principal = p_principal AND r.key = p_key;
+    END IF;
+    INSERT INTO idempotency_records (principal, key, request_hash, method, path, response_status,
+                                     response_body, transaction_id, created_at, expires_at)
+    VALUES (p_principal, p_key, p_request_hash, p_method, p_path, 201, response_body,
+            p_transaction, p_now, p_expires_at);
+    outcome := 'posted';
+    response_status := 201;
+END
+$fn$
+"""
+
+
+def upgrade() -> None:
+    bind = op.get_bind()
+    if bind.dialect.name == "postgresql":
+        # As the driver's own SQL: the JSON in the body ('"id":null') is not a bind parameter.
+        bind.exec_driver_sql(FUNCTION)
+
+
+def downgrade() -> None:
+    bind = op.get_bind()
+    if bind.dialect.name == "postgresql":
+        bind.exec_driver_sql(
+            _function_of_0008().replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+        )
+
+
+def _function_of_0008() -> str:
+    path = next(Path(__file__).parent.glob("*-0008_ledger_post_transaction_function.py"))
+    spec = importlib.util.spec_from_file_location("migration_0008", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text: str = module.FUNCTION
+    return text

@@ -189,13 +189,16 @@ async def _account_pass(
         # The same statement makes the next seal's totals, should the run seal.
         # So do the chain tails of the accounts whose entries the last census did not list
         # (balance_chains takes the "chain" rows).
-        params = {
+        written_since, window = fresh.window.predicate("reference")
+        params: dict[str, Any] = window | {
             "seal": str(fresh.totals_of),
-            "fresh_entries": fresh.entry_ids,
+            "above": fresh.high_water,
+            "below": [i for i in fresh.entry_ids if i <= fresh.high_water],
             "fresh_now": fresh.entry_ids_now,
             "irregular": list(fresh.irregular_accounts),
         }
         statement = _ACCOUNTS_FROM_TOTALS.format(
+            fresh=written_since,
             seal_totals=SEAL_TOTALS,
             totals=totals_ctes(fresh.entry_ids_now),
             columns=TOTALS_COLUMNS,
@@ -295,12 +298,14 @@ async def _account_pass(
 # fresh entries: a window over both, and no join (the row estimates for jsonb_each and unnest
 # are guesses, which the planner once answered with a nested loop over the totals, once for
 # each fresh entry: a minute). The same rows, grouped by account, give its figures.
+# The fresh entries are read as the plan found them (Fresh.entry_ids): those above the last
+# seal's mark that are fresh to its census's window, in one range of the primary key rather
+# than an index probe each, and the few at or below it (listed by the census, or written into
+# a gap) by id.
 _ACCOUNTS_FROM_TOTALS = """
 WITH fresh AS (
-  SELECT e.* FROM unnest(CAST(:fresh_entries AS bigint[])) AS f(id) CROSS JOIN LATERAL (
-    SELECT id, account_id, account_version, amount, balance_after FROM entries
-    WHERE id = f.id OFFSET 0
-  ) AS e
+  SELECT r.id, r.account_id, r.account_version, r.amount, r.balance_after FROM entries r
+  WHERE (r.id > :above OR r.id = ANY(CAST(:below AS bigint[]))) AND {fresh}
 ),
 stretch AS (
   SELECT account_id, true AS old, n AS version, NULL::bigint AS id, NULL::bigint AS amount,

@@ -817,6 +817,9 @@ class Fresh:
     # The last census's window: rows fresh to it were written since the sealing run (or
     # listed by it); every other row it saw, checked, and the census proves unchanged.
     window: Window
+    # The last seal's mark: the fresh entries are those above it that are fresh to the
+    # window, and the few of entry_ids at or below it.
+    high_water: int
     # The last seal, when it kept account totals (each account's figures over the entries its
     # census counts as old, all still there unchanged): with the fresh entries they give every
     # account's figures (the account pass). None when it kept none.
@@ -1063,6 +1066,7 @@ async def _decide(
                 entry_ids_to_rehash=sorted(entry_ids | set(of_fresh)),
                 chain_starts=_chain_starts(entries),
                 window=Window.of(census),
+                high_water=last_seal.high_water,
                 totals_of=last_seal.id if kept else None,
                 entry_ids_now=[int(e["id"]) for e in seed.entries if e["fresh_now"]],
                 irregular_accounts={e["account_id"] for e in entries if e["id"] in listed_entries},

@@ -189,7 +189,12 @@ async def _run_checks(
                 select(LedgerSeal).order_by(LedgerSeal.high_water.desc()).limit(1)
             )
             plan = await seals.plan_verification(
-                snapshot, latest, full_requested, reference, full_every
+                snapshot,
+                latest,
+                full_requested,
+                reference,
+                full_every,
+                seal_up_to=high_water if seal_requested and settled else None,
             )
         else:
             plan = seals.Plan("full", "A run for one community checks all of its rows.")
@@ -216,7 +221,7 @@ async def _run_checks(
         census = account_totals = None
         low = last_seal.high_water if last_seal else 0
         if passed and seal_requested and community_id is None and settled and high_water > low:
-            span = await seals.digest_span(snapshot, low, high_water)
+            span = plan.span(low, high_water) or await seals.digest_span(snapshot, low, high_water)
             if reference is not None:
                 census, account_totals = await seals.take_census(
                     snapshot,

@@ -945,6 +945,17 @@ async def test_an_exchange_transaction_nobody_claims_is_named_incrementally(
     assert _findings(run) == _findings(full)
 
 
+def test_exchange_transactions_left_uncounted_stay_out_of_the_census() -> None:
+    """Without a number of exchange transactions (not counted, and none to take from the
+    last census) the next census has none either, rather than a wrong one."""
+    window = seals.Window.fresh_from(1000)
+    seed = seals.CensusSeed(counts=None, entries=[], transactions=[], window_now=window)
+    assert seed.old_exchange_transactions is None
+    seed.exchange_transactions = 4
+    seed.transactions = [{"id": 1, "kind": "exchange", "fresh": True, "fresh_now": True}]
+    assert seed.old_exchange_transactions == 3
+
+
 @postgres_only
 async def test_fresh_transactions_without_entries_or_without_a_row_are_named_incrementally(
     client: AsyncClient, app: FastAPI

@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from httpx import AsyncClient
 from sqlalchemy import text
 
+from app.reconciliation import service
 from tests.factories import Actor, Api, expect
 from tests.ledger.helpers import post
 
@@ -106,3 +107,27 @@ async def test_an_edited_sealed_entry_is_reported_as_tampering(
     assert run["report"]["tampering"][0]["first_bad_block"] == 0
     assert "content_hashes" in failing(run)
     assert run["report"]["seal"] is None
+
+
+async def test_progress_is_written_while_a_run_works(
+    client: AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Progress goes through its own short transactions, at most every PROGRESS_EVERY
+    seconds (a run of a fraction of a second writes none between start and end)."""
+    written: list[int] = []
+    write = service._set
+
+    async def recording(sessionmaker: Any, run_id: Any, **values: Any) -> None:
+        if "progress" in values:
+            written.append(values["progress"])
+        await write(sessionmaker, run_id, **values)
+
+    monkeypatch.setattr(service, "_set", recording)
+    monkeypatch.setattr(service, "PROGRESS_EVERY", 0.0)
+    platform, _ = await books(client, app)
+    run = await reconcile(client, platform)
+    assert run["status"] == "passed"
+    assert written[0] == 1
+    assert written[-1] == 100
+    assert len(written) > 3
+    assert written == sorted(written)

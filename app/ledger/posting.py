@@ -109,6 +109,7 @@ class AccountState:
     version: int
     earned_total: int
     spent_total: int
+    updated_at: datetime  # every posting sets it to its own time
     touched: bool = False
 
 
@@ -239,7 +240,7 @@ async def _lock_apply_write(
 
     outcomes: dict[int, PostingOutcome] = {}
     written: list[PostedTransaction] = []
-    posted_at = utcnow()
+    posted_at = posting_time(utcnow(), states.values())
     transaction_ids = iter(new_ids(len(requests)))
     for index, request in requests:
         try:
@@ -278,7 +279,8 @@ async def _lock_apply_write(
 _LOCK_ACCOUNTS_POSTGRES = text(
     """
     SELECT a.id, a.community_id, a.status, a.min_balance, a.max_balance, a.balance, a.version,
-           a.earned_total, a.spent_total, c.default_min_balance, c.default_max_balance
+           a.earned_total, a.spent_total, c.default_min_balance, c.default_max_balance,
+           a.updated_at
     FROM accounts AS a JOIN communities AS c ON c.id = a.community_id
     WHERE a.id = ANY(CAST(:ids AS uuid[]))
     ORDER BY a.id
@@ -313,6 +315,7 @@ async def _lock_accounts(
                 c.spent_total,
                 literal(community.default_min_balance),
                 literal(community.default_max_balance),
+                c.updated_at,
             )
             .where(c.id.in_(account_ids))
             .order_by(c.id)
@@ -325,7 +328,8 @@ def account_states(
     rows: Iterable[Sequence[Any]], community_id: uuid.UUID
 ) -> dict[uuid.UUID, AccountState]:
     """The locked accounts' states from rows of (id, community id, status, min balance, max
-    balance, balance, version, earned, spent, community default min, community default max).
+    balance, balance, version, earned, spent, community default min, community default max,
+    updated at).
 
     Positional unpacking: a batch locks up to 2,000 accounts, and named access on result rows
     costs more than the query. Another community's account is, to this one, no account.
@@ -340,6 +344,7 @@ def account_states(
             version=version,
             earned_total=earned,
             spent_total=spent,
+            updated_at=updated_at,
         )
         for (
             id_,
@@ -353,9 +358,18 @@ def account_states(
             spent,
             default_min,
             default_max,
+            updated_at,
         ) in rows
         if account_community_id == community_id
     }
+
+
+def posting_time(now: datetime, accounts: Iterable[AccountState]) -> datetime:
+    """When postings on these locked accounts happen: now, read once they are locked, and never
+    earlier than the accounts' last change. An account's entries then run in time order as in
+    version order, so a balance ``as_of`` an instant is the one its statement shows, even if the
+    clock steps back or another host's clock runs ahead."""
+    return max(now, max((account.updated_at for account in accounts), default=now))
 
 
 def check_accounts_known(

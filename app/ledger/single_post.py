@@ -18,12 +18,16 @@ Everything that needs no database is done first, by the general path's own code
 the order of refusals is the general path's), the transaction id and its content hash.
 
 - PostgreSQL (``PostgresSinglePoster``): the database function ``ledger_post_transaction``
-  (migration 0008) states steps 1-5 in PL/pgSQL, with an advisory lock on the key. The
-  response is rendered by pydantic up to its entries, which the function splices in with
-  their balances.
+  (migrations 0008 and 0011) states steps 1-5 in PL/pgSQL, with an advisory lock on the key.
+  A worker has at most ``posting_concurrency`` calls in the database at once. The response is
+  rendered by pydantic up to its entries, which the function splices in with their balances.
 - SQLite (``app/ledger/single_post_sqlite.py``): steps 1-5 run as plain statements on the
   poster's own connection, in one hop to its thread, applying the engine's own rules
   (``account_states``, ``apply_posting``) to the rows it reads.
+
+A posting is stamped when its turn comes, and never earlier than its accounts' last change
+(``posting_time``): should another posting on them have been written meanwhile, it takes that
+one's time (on PostgreSQL the function then renders that time into the response itself).
 
 Each refusal is built by the same factory the general path uses, so codes and texts match;
 the ledger's test suite runs on both databases.
@@ -34,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -86,11 +90,12 @@ WRITE_SCOPE = "ledger:write"
 _CALL = """
     SELECT outcome, detail, response_status, response_body
     FROM ledger_post_transaction($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-                                 $15, $16, $17, $18, $19, $20, $21, $22, $23)
+                                 $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)
 """
 _ENTRIES_LAST = '"entries":[]}'
 _BUSY_SQLSTATES = {"40P01", "40001"}  # deadlock_detected, serialization_failure
 _KEY_CONSTRAINT = "uq_idempotency_records_principal_key"
+_POSTED_AT = '"posted_at":"'
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,13 @@ class SinglePosting:
     request: PostingRequest | None
     transaction: PostedTransaction | None  # None exactly when ``refusal`` is set
     refusal: DomainError | None
+
+    def stamped(self, now: datetime) -> SinglePosting:
+        """The posting as made at ``now`` (the content hash does not include the time)."""
+        transaction = self.transaction
+        if transaction is not None:
+            transaction = replace(transaction, posted_at=now)
+        return replace(self, now=now, transaction=transaction)
 
 
 def prepare(
@@ -175,44 +187,11 @@ class PostgresSinglePoster:
         """The engine's pool is the application's to dispose of."""
 
     async def post(self, posting: SinglePosting) -> Outcome:
-        subject, key, data, now = posting.subject, posting.key, posting.data, posting.now
-        community_id = posting.community.id
-        request, transaction = posting.request, posting.transaction
-        accounts: list[uuid.UUID] = []
-        minutes: list[int] = []
-        digest = prefix = ""
-        if request is not None and transaction is not None:
-            accounts = [account for account, _ in request.lines]
-            minutes = [amount for _, amount in request.lines]
-            digest = transaction.content_hash
-            prefix = _response_prefix(transaction)
         async with self._admission:
-            row = await _call(
-                self._engine,
-                subject.user_id,
-                subject.client_id,
-                WRITE_SCOPE in subject.scopes,
-                community_id,
-                key.principal,
-                key.key,
-                key.request_hash,
-                key.method,
-                key.path,
-                lock_id(key.principal, key.key),
-                now,
-                now + RETENTION,
-                posting.refusal is not None,
-                transaction.id if transaction is not None else None,
-                request.kind.value if request is not None else data.kind,
-                data.memo,
-                request.occurred_on if request is not None else now.date(),
-                json.dumps(data.details),
-                digest,
-                accounts,
-                minutes,
-                prefix,
-                "}",
-            )
+            # Stamped once its turn has come; the function moves the stamp to the accounts'
+            # last change should another posting on them have been written after it.
+            posting = posting.stamped(utcnow())
+            row = await _call(self._engine, *self._parameters(posting))
         outcome: str = row["outcome"]
         if outcome in ("posted", "replay"):
             return Outcome(
@@ -224,15 +203,62 @@ class PostgresSinglePoster:
             assert posting.refusal is not None
             raise posting.refusal
         # The engine's connections decode jsonb (SQLAlchemy registers the codec).
-        raise _refusal(outcome, row["detail"] or {}, community_id, posting.community.as_written)
+        community = posting.community
+        raise _refusal(outcome, row["detail"] or {}, community.id, community.as_written)
+
+    @staticmethod
+    def _parameters(posting: SinglePosting) -> tuple[Any, ...]:
+        """The arguments of ``ledger_post_transaction``, in its order."""
+        subject, key, data, now = posting.subject, posting.key, posting.data, posting.now
+        request, transaction = posting.request, posting.transaction
+        accounts: list[uuid.UUID] = []
+        minutes: list[int] = []
+        digest = head = posted_at = tail = ""
+        if request is not None and transaction is not None:
+            accounts = [account for account, _ in request.lines]
+            minutes = [amount for _, amount in request.lines]
+            digest = transaction.content_hash
+            head, posted_at, tail = _response_before_entries(transaction)
+        return (
+            subject.user_id,
+            subject.client_id,
+            WRITE_SCOPE in subject.scopes,
+            posting.community.id,
+            key.principal,
+            key.key,
+            key.request_hash,
+            key.method,
+            key.path,
+            lock_id(key.principal, key.key),
+            now,
+            now + RETENTION,
+            posting.refusal is not None,
+            transaction.id if transaction is not None else None,
+            request.kind.value if request is not None else data.kind,
+            data.memo,
+            request.occurred_on if request is not None else now.date(),
+            json.dumps(data.details),
+            digest,
+            accounts,
+            minutes,
+            head,
+            posted_at,
+            tail,
+            "}",
+        )
 
 
-def _response_prefix(transaction: PostedTransaction) -> str:
-    """The response as the general path renders it (``transaction_read``), up to its list of
-    entries, which are the last field."""
+def _response_before_entries(transaction: PostedTransaction) -> tuple[str, str, str]:
+    """The response as the general path renders it (``transaction_read``) up to its list of
+    entries, which are the last field, cut around the value of ``posted_at`` (the function
+    renders another time there if it moves the stamp). No field after ``posted_at`` holds
+    client text, so its last occurrence is the transaction's own."""
     rendered = transaction_read(transaction).model_dump_json()
     assert rendered.endswith(_ENTRIES_LAST)
-    return rendered[: -len("[]}")]
+    before_entries = rendered[: -len("[]}")]
+    start = before_entries.rindex(_POSTED_AT) + len(_POSTED_AT)
+    end = before_entries.index('"', start)
+    return before_entries[:start], before_entries[start:end], before_entries[end:]
 
 
 async def _call(engine: AsyncEngine, *parameters: Any) -> asyncpg.Record:

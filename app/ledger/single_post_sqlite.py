@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Column, Table
@@ -36,6 +37,7 @@ from app.access.community import (
     scope_needed,
 )
 from app.access.principal import client_revoked, user_gone
+from app.core.clock import utcnow
 from app.core.database import configure_sqlite_connection
 from app.ledger.idempotency import RETENTION, Outcome, key_reused
 from app.ledger.posting import (
@@ -45,6 +47,7 @@ from app.ledger.posting import (
     account_states,
     apply_posting,
     check_accounts_known,
+    posting_time,
 )
 from app.ledger.service import not_a_ledger_writer, transaction_read
 from app.ledger.single_post import WRITE_SCOPE, SinglePosting
@@ -71,7 +74,8 @@ _STORED_OUTCOME = """
 _FORGET_EXPIRED = "DELETE FROM idempotency_records WHERE principal = :principal AND key = :key"
 _ACCOUNTS = """
     SELECT a.id, a.community_id, a.status, a.min_balance, a.max_balance, a.balance, a.version,
-           a.earned_total, a.spent_total, c.default_min_balance, c.default_max_balance
+           a.earned_total, a.spent_total, c.default_min_balance, c.default_max_balance,
+           a.updated_at
     FROM accounts AS a JOIN communities AS c ON c.id = a.community_id
     WHERE a.id IN ({placeholders})
 """
@@ -111,6 +115,11 @@ class _Encoders:
         transactions = cast(Table, Transaction.__table__)
         self.id = encoder(transactions.c.id)
         self.instant = encoder(transactions.c.posted_at)
+        read_instant = transactions.c.posted_at.type.dialect_impl(dialect).result_processor(
+            dialect, None
+        )
+        assert read_instant is not None
+        self.read_instant = cast(Callable[[Any], datetime], read_instant)
         self.date = encoder(transactions.c.occurred_on)
         self.document = encoder(transactions.c.details)
 
@@ -172,6 +181,7 @@ class SqliteSinglePoster:
         return outcome
 
     def _post_in_transaction(self, db: sqlite3.Connection, posting: SinglePosting) -> Outcome:
+        posting = posting.stamped(utcnow())  # once the write lock is held
         slug, may_post_directly = self._who_may_act(db, posting)
 
         key, now = posting.key, self._encode.instant(posting.now)
@@ -195,6 +205,7 @@ class SqliteSinglePoster:
         body = transaction_read(posted).model_dump_json()
         self._write(db, posted, accounts)
         encode = self._encode
+        now = encode.instant(posted.posted_at)
         db.execute(
             _RECORD_OUTCOME,
             (
@@ -206,7 +217,7 @@ class SqliteSinglePoster:
                 body,
                 encode.id(posted.id),
                 now,
-                encode.instant(posting.now + RETENTION),
+                encode.instant(posted.posted_at + RETENTION),
             ),
         )
         return Outcome(status=201, body=body, replayed=False)
@@ -260,15 +271,18 @@ class SqliteSinglePoster:
         placeholders = ", ".join("?" * len(account_ids))
         rows = db.execute(_ACCOUNTS.format(placeholders=placeholders), tuple(account_ids))
         communities = {self._encode.id(transaction.community_id): transaction.community_id}
+        instant = self._encode.read_instant
         states = account_states(
             (
-                (account_ids[id_], communities.get(community_id), *rest)
-                for id_, community_id, *rest in rows
+                (account_ids[id_], communities.get(community_id), *rest, instant(updated_at))
+                for id_, community_id, *rest, updated_at in rows
             ),
             transaction.community_id,
         )
         check_accounts_known(request, states, slug)
-        posted = replace(transaction, entries=apply_posting(request, states))
+        posted_at = posting_time(transaction.posted_at, states.values())
+        entries = apply_posting(request, states)
+        posted = replace(transaction, posted_at=posted_at, entries=entries)
         return posted, list(states.values())
 
     def _write(

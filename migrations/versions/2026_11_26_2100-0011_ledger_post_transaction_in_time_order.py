@@ -1,14 +1,14 @@
-"""PostgreSQL: a single posting is never stamped earlier than the accounts' last change.
+"""PostgreSQL: a single posting is never stamped earlier than its accounts' last change.
 
-``ledger_post_transaction`` (migration 0008) stamps a posting with the time the service read
+``ledger_post_transaction`` (migration 0008) stamped a posting with the time the service read
 before the call. A posting that then waited (for its turn in the worker, or for an account's
 row lock held by another posting) could be written after a later-stamped one on the same
 account: versions and times out of step, so a balance ``as_of`` an instant between the two
-stamps counted the later one. The function now compares the stamp with the locked accounts'
-``updated_at`` (every posting sets it to its own stamp) and answers ``clock_behind`` with the
-latest one instead of writing; the service stamps the posting again, no earlier than that,
-and calls again (``app/ledger/single_post.py``). The Python engine and SQLite's poster stamp
-after locking, with the same floor.
+stamps counted the later one. Every posting sets its accounts' ``updated_at`` to its own time;
+the function now stamps the posting no earlier than the latest of them, as the Python engine
+and SQLite's poster do (``app.ledger.posting.posting_time``). The service sends the response
+head and tail around the time it rendered; when the stamp moves, the function renders the new
+one as pydantic does (``2026-11-26T21:00:00.000120Z``, no fraction when it is zero).
 
 Revision ID: 0011
 Revises: 0010
@@ -26,8 +26,11 @@ down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+SIGNATURE_0008 = "ledger_post_transaction(uuid, uuid, boolean, uuid, text, text, text, text, text, bigint, timestamptz, timestamptz, boolean, uuid, text, text, date, jsonb, text, uuid[], bigint[], text, text)"
+SIGNATURE = "ledger_post_transaction(uuid, uuid, boolean, uuid, text, text, text, text, text, bigint, timestamptz, timestamptz, boolean, uuid, text, text, date, jsonb, text, uuid[], bigint[], text, text, text, text)"
+
 FUNCTION = r"""
-CREATE OR REPLACE FUNCTION ledger_post_transaction(
+CREATE FUNCTION ledger_post_transaction(
     p_user uuid,
     p_client uuid,
     p_token_can_write boolean,
@@ -49,7 +52,9 @@ CREATE OR REPLACE FUNCTION ledger_post_transaction(
     p_content_hash text,
     p_accounts uuid[],
     p_minutes bigint[],
-    p_body_prefix text,
+    p_body_head text,
+    p_posted_at_text text,
+    p_body_tail text,
     p_body_suffix text,
     OUT outcome text,
     OUT detail jsonb,
@@ -72,7 +77,8 @@ DECLARE
     v_after bigint;
     v_balances bigint[] := '{}';
     v_versions bigint[] := '{}';
-    v_latest timestamptz := '-infinity';
+    v_posted_at timestamptz := p_now;
+    v_posted_at_text text := p_posted_at_text;
 BEGIN
     -- Who is asking (app.access.principal.get_principal) and their part in the community
     -- (app.access.community.authorise with role member), in one look-up.
@@ -183,7 +189,7 @@ BEGIN
             v_version[v_position] := v_account.version;
             v_min[v_position] := v_account.min_balance;
             v_max[v_position] := v_account.max_balance;
-            v_latest := greatest(v_latest, v_account.updated_at);
+            v_posted_at := greatest(v_posted_at, v_account.updated_at);
         END IF;
     END LOOP;
     FOR i IN 1 .. v_lines LOOP
@@ -221,22 +227,23 @@ BEGIN
         v_versions := v_versions || (v_version[i] + 1);
     END LOOP;
 
-    -- An account's entries are posted in time order. A posting stamped before another one on
-    -- these accounts was written (it waited for their locks, or for its turn in the worker) is
-    -- sent back to be stamped again, no earlier than that one (app/ledger/single_post.py).
-    IF v_latest > p_now THEN
-        outcome := 'clock_behind';
-        detail := jsonb_build_object('latest', v_latest);
-        RETURN;
+    -- An account's entries are posted in time order (app.ledger.posting.posting_time): a
+    -- posting stamped before another on these accounts was written (it waited for a lock, or
+    -- for its turn in the worker) takes that one's time, rendered as pydantic renders it.
+    IF v_posted_at > p_now THEN
+        v_posted_at_text := to_char(v_posted_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+            || CASE WHEN to_char(v_posted_at, 'US') = '000000' THEN ''
+                    ELSE '.' || to_char(v_posted_at, 'US') END
+            || 'Z';
     END IF;
 
     INSERT INTO transactions (id, community_id, kind, memo, occurred_on, details, posted_at,
                               posted_by_user_id, posted_by_client_id, reverses_id, content_hash)
-    VALUES (p_transaction, p_community, p_kind, p_memo, p_occurred_on, p_details, p_now,
+    VALUES (p_transaction, p_community, p_kind, p_memo, p_occurred_on, p_details, v_posted_at,
             p_user, p_client, NULL, p_content_hash);
     INSERT INTO entries (transaction_id, account_id, amount, balance_after, account_version,
                          posted_at)
-    SELECT p_transaction, l.account, l.minutes, l.balance, l.version, p_now
+    SELECT p_transaction, l.account, l.minutes, l.balance, l.version, v_posted_at
     FROM unnest(p_accounts, p_minutes, v_balances, v_versions)
          WITH ORDINALITY AS l(account, minutes, balance, version, n)
     ORDER BY l.n;
@@ -244,12 +251,12 @@ BEGIN
     SET balance = l.balance, version = l.version,
         earned_total = a.earned_total + greatest(l.minutes, 0),
         spent_total = a.spent_total + greatest(-l.minutes, 0),
-        updated_at = p_now
+        updated_at = v_posted_at
     FROM unnest(p_accounts, p_minutes, v_balances, v_versions) AS l(account, minutes, balance, version)
     WHERE a.id = l.account;
 
     -- The response, exactly as the service renders it: its entries spliced in, in order.
-    SELECT p_body_prefix || '[' || string_agg(
+    SELECT p_body_head || v_posted_at_text || p_body_tail || '[' || string_agg(
                format('{"id":null,"account_id":"%s","minutes":%s,"balance_after":%s,'
                       '"account_version":%s}', l.account, l.minutes, l.balance, l.version),
                ',' ORDER BY l.n) || ']' || p_body_suffix
@@ -273,6 +280,7 @@ $fn$
 def upgrade() -> None:
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
+        bind.exec_driver_sql(f"DROP FUNCTION {SIGNATURE_0008}")
         # As the driver's own SQL: the JSON in the body ('"id":null') is not a bind parameter.
         bind.exec_driver_sql(FUNCTION)
 
@@ -280,15 +288,15 @@ def upgrade() -> None:
 def downgrade() -> None:
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
-        bind.exec_driver_sql(
-            _function_of_0008().replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
-        )
+        bind.exec_driver_sql(f"DROP FUNCTION {SIGNATURE}")
+        bind.exec_driver_sql(_function_of_0008())
 
 
 def _function_of_0008() -> str:
     path = next(Path(__file__).parent.glob("*-0008_ledger_post_transaction_function.py"))
     spec = importlib.util.spec_from_file_location("migration_0008", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     text: str = module.FUNCTION

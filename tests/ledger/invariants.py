@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -102,6 +103,7 @@ async def check_ledger_invariants(
         Entry.amount,
         Entry.balance_after,
         Entry.account_version,
+        Entry.posted_at,
     ).order_by(Entry.account_id, Entry.account_version)
     transaction_query = select(Transaction.id, Transaction.kind, Transaction.reverses_id)
     account_query = select(
@@ -124,7 +126,7 @@ async def check_ledger_invariants(
 
     # 1. Every transaction: >= 2 entries, none zero, summing to 0.
     by_transaction: dict[uuid.UUID, list[tuple[uuid.UUID, int]]] = defaultdict(list)
-    for transaction_id, account_id, amount, _, _ in entries:
+    for transaction_id, account_id, amount, *_ in entries:
         assert amount != 0, f"zero entry in transaction {transaction_id}"
         by_transaction[transaction_id].append((account_id, amount))
     for transaction_id in transactions:
@@ -140,23 +142,31 @@ async def check_ledger_invariants(
     for community_id, total in per_community.items():
         assert total == 0, f"community {community_id} balances sum to {total}"
 
-    # 3. Cached balance, version and totals agree with the entries; the chain is unbroken.
-    by_account: dict[uuid.UUID, list[tuple[int, int, int]]] = defaultdict(list)
-    for _, account_id, amount, balance_after, version in entries:
-        by_account[account_id].append((amount, balance_after, version))
+    # 3. Cached balance, version and totals agree with the entries; the chain is unbroken, and
+    # runs in time order as in version order (so a balance as of an instant is the chain's).
+    by_account: dict[uuid.UUID, list[tuple[int, int, int, datetime]]] = defaultdict(list)
+    for _, account_id, amount, balance_after, version, posted_at in entries:
+        by_account[account_id].append((amount, balance_after, version, posted_at))
     for account_id, account in accounts.items():
         chain = by_account.get(account_id, [])
         running = 0
-        for expected_version, (amount, balance_after, version) in enumerate(chain, start=1):
+        previous_time: datetime | None = None
+        for expected_version, (amount, balance_after, version, posted_at) in enumerate(
+            chain, start=1
+        ):
             assert version == expected_version, f"account {account_id}: gap at v{version}"
             running += amount
             assert balance_after == running, (
                 f"account {account_id} v{version}: balance_after {balance_after} != {running}"
             )
+            assert previous_time is None or posted_at >= previous_time, (
+                f"account {account_id} v{version}: posted at {posted_at}, before v{version - 1}"
+            )
+            previous_time = posted_at
         assert account.balance == running, f"account {account_id}: cached balance drifted"
         assert account.version == len(chain), f"account {account_id}: version != entry count"
-        assert account.earned_total == sum(a for a, _, _ in chain if a > 0)
-        assert account.spent_total == -sum(a for a, _, _ in chain if a < 0)
+        assert account.earned_total == sum(a for a, *_ in chain if a > 0)
+        assert account.spent_total == -sum(a for a, *_ in chain if a < 0)
 
     # 5. A transaction is reversed at most once, by its mirror image; reversals are final.
     reversed_by: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)

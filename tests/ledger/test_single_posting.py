@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,17 +21,19 @@ import asyncpg
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient, Response
-from sqlalchemy import text
+from pydantic import TypeAdapter
+from sqlalchemy import text, update
 
 from app.access.community import CommunityRef
 from app.access.principal import TokenSubject
+from app.core.clock import utcnow
 from app.core.errors import database_unavailable
 from app.ledger import errors, single_post
 from app.ledger.idempotency import IdempotencyKey
 from app.ledger.posting import PostedEntry, PostedTransaction
 from app.ledger.schemas import TransactionCreate
 from app.ledger.service import transaction_read
-from app.models.ledger import TransactionKind
+from app.models.ledger import Account, TransactionKind
 from tests.factories import IdentityApi, expect
 from tests.ledger.helpers import books_snapshot, check_books, open_books, refused
 from tests.reconciliation.helpers import db_id
@@ -308,3 +310,57 @@ async def test_a_worker_sends_at_most_its_posting_concurrency_to_postgresql_at_o
     outcomes = await asyncio.gather(*calls)
     assert [outcome.status for outcome in outcomes] == [201] * 10
     assert database.most_inside == 3
+
+
+async def _accounts_last_changed(app: FastAPI, at: datetime, *account_ids: str) -> None:
+    ids = [uuid.UUID(account_id) for account_id in account_ids]
+    async with app.state.sessionmaker() as session, session.begin():
+        await session.execute(update(Account).where(Account.id.in_(ids)).values(updated_at=at))
+
+
+@pytest.mark.parametrize("microsecond", [0, 120])
+async def test_a_posting_is_never_stamped_before_its_accounts_last_change(
+    client: AsyncClient, app: FastAPI, microsecond: int
+) -> None:
+    """Another posting on an account can be written between this one's stamp and its turn (it
+    waited for the lock, or behind other requests), or the clock can step back: the posting then
+    takes the account's last change as its time, so an account's entries run in time order as
+    they run in version order, and a balance ``as_of`` an instant is the one the statement
+    shows. The response, its replay and the stored rows all say that time, as pydantic renders
+    it (no fraction when it is zero)."""
+    api = IdentityApi(client, app)
+    books = await open_books(api, members=2, logins=False)
+    a, b = (m.account_id for m in books.members)
+    later = (utcnow() + timedelta(minutes=5)).replace(microsecond=microsecond)
+    await _accounts_last_changed(app, later, b)
+
+    url = f"/v1/communities/{books.id}/transactions"
+    body = {"entries": [{"account_id": a, "minutes": 20}, {"account_id": b, "minutes": -20}]}
+    headers = {**books.admin.headers, "Idempotency-Key": "stamped"}
+    first = await client.post(url, json=body, headers=headers)
+    posted = expect(first, 201)
+    assert posted["posted_at"] == TypeAdapter(datetime).dump_json(later).decode().strip('"')
+    stored = expect(
+        await client.get(f"/v1/transactions/{posted['id']}", headers=books.admin.headers), 200
+    )
+    assert stored["posted_at"] == posted["posted_at"]
+    replay = await client.post(url, json=body, headers=headers)
+    assert replay.content == first.content
+
+    # The batch route's engine keeps the same rule.
+    latest = later + timedelta(seconds=1)
+    await _accounts_last_changed(app, latest, a)
+    batch = await client.post(
+        f"{url}/batch",
+        json={"atomic": True, "transactions": [body]},
+        headers={**books.admin.headers, "Idempotency-Key": "stamped-batch"},
+    )
+    [item] = expect(batch, 200)["results"]
+    assert datetime.fromisoformat(item["transaction"]["posted_at"]) == latest
+
+    statement = expect(
+        await client.get(f"/v1/accounts/{a}/entries", headers=books.admin.headers), 200
+    )
+    times = [datetime.fromisoformat(line["posted_at"]) for line in statement["items"]]
+    assert times == sorted(times, reverse=True)  # newest first, by version and by time alike
+    await check_books(app)

@@ -12,11 +12,12 @@ it nor confuse it (docs/seals.md):
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -119,6 +120,25 @@ class _Progress:
             self.last = time.perf_counter()
 
 
+@contextmanager
+def _heap_set_aside() -> Iterator[None]:
+    """While a run works, the garbage collector leaves the objects the process held before it
+    alone (gc.freeze): a run takes in tens of thousands of rows at once, which set off full
+    collections of the whole heap, each 70-100 ms in a service process (a quarter of an
+    incremental run at 1,000,000 entries). Nothing is lost: unfrozen afterwards, they are
+    collected as before. Should something else have frozen objects (the process at start, a
+    run still going), the run leaves that as it is rather than unfreeze what it did not
+    freeze."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 async def execute_run(
     engine: AsyncEngine,
     run_id: uuid.UUID,
@@ -128,6 +148,13 @@ async def execute_run(
     """Carry out a queued run and store its report. Never raises for what it finds; a run that
     cannot finish is stored with status ``error``. ``full_every``: how old the last full
     verification may be before a whole-ledger run verifies in full again."""
+    with _heap_set_aside():
+        return await _execute_run(engine, run_id, full_every)
+
+
+async def _execute_run(
+    engine: AsyncEngine, run_id: uuid.UUID, full_every: timedelta
+) -> ReconciliationRun:
     sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
     async with sessionmaker() as session:
         run = await session.get(ReconciliationRun, run_id)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
@@ -8,6 +9,7 @@ from httpx import AsyncClient
 from sqlalchemy import text
 
 from app.reconciliation import service
+from app.reconciliation.checks import CHECKS
 from tests.factories import Actor, Api, expect
 from tests.ledger.helpers import post
 
@@ -131,3 +133,30 @@ async def test_progress_is_written_while_a_run_works(
     assert written[-1] == 100
     assert len(written) > 3
     assert written == sorted(written)
+
+
+async def test_a_run_sets_the_heap_aside_and_gives_it_back(
+    client: AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The collector leaves what the process held alone while a run works (gc.freeze), and
+    has it all again afterwards; objects frozen by someone else stay frozen."""
+    frozen_during: list[int] = []
+    first, *others = CHECKS
+
+    async def observing(*args: Any) -> Any:
+        frozen_during.append(gc.get_freeze_count())
+        return await first(*args)
+
+    monkeypatch.setattr("app.reconciliation.service.CHECKS", (observing, *others))
+    platform, _ = await books(client, app)
+    assert gc.get_freeze_count() == 0
+    assert (await reconcile(client, platform))["status"] == "passed"
+    assert frozen_during[0] > 0
+    assert gc.get_freeze_count() == 0
+
+    gc.freeze()  # as a service might at start
+    try:
+        assert (await reconcile(client, platform))["status"] == "passed"
+        assert gc.get_freeze_count() > 0  # (not given back: the run did not freeze them)
+    finally:
+        gc.unfreeze()

@@ -10,6 +10,11 @@ and SQLite's poster do (``app.ledger.posting.posting_time``). The service sends 
 head and tail around the time it rendered; when the stamp moves, the function renders the new
 one as pydantic does (``2026-11-26T21:00:00.000120Z``, no fraction when it is zero).
 
+The writes and the response are also built with one plain statement per entry and per account,
+and by concatenation, instead of statements over ``unnest()`` and ``string_agg()``: for the
+two to a few lines of a single posting that is about 85 us less of the function's 500-600 us of
+database CPU (pgbench, one client, five alternating rounds).
+
 Revision ID: 0011
 Revises: 0010
 Create Date: 2026-11-26 21:00:00.000000
@@ -241,28 +246,35 @@ BEGIN
                               posted_by_user_id, posted_by_client_id, reverses_id, content_hash)
     VALUES (p_transaction, p_community, p_kind, p_memo, p_occurred_on, p_details, v_posted_at,
             p_user, p_client, NULL, p_content_hash);
-    INSERT INTO entries (transaction_id, account_id, amount, balance_after, account_version,
-                         posted_at)
-    SELECT p_transaction, l.account, l.minutes, l.balance, l.version, v_posted_at
-    FROM unnest(p_accounts, p_minutes, v_balances, v_versions)
-         WITH ORDINALITY AS l(account, minutes, balance, version, n)
-    ORDER BY l.n;
-    UPDATE accounts AS a
-    SET balance = l.balance, version = l.version,
-        earned_total = a.earned_total + greatest(l.minutes, 0),
-        spent_total = a.spent_total + greatest(-l.minutes, 0),
-        updated_at = v_posted_at
-    FROM unnest(p_accounts, p_minutes, v_balances, v_versions) AS l(account, minutes, balance, version)
-    WHERE a.id = l.account;
+    -- One plain statement per entry and per account, and the response built by concatenation:
+    -- for the two to a few lines of a posting, cheaper than statements over unnest() and
+    -- string_agg() (about 85 us of the function's 500-600 on this project's machine).
+    FOR i IN 1 .. v_lines LOOP
+        INSERT INTO entries (transaction_id, account_id, amount, balance_after, account_version,
+                             posted_at)
+        VALUES (p_transaction, p_accounts[i], p_minutes[i], v_balances[i], v_versions[i],
+                v_posted_at);
+    END LOOP;
+    FOR i IN 1 .. v_lines LOOP
+        UPDATE accounts
+        SET balance = v_balances[i], version = v_versions[i],
+            earned_total = earned_total + greatest(p_minutes[i], 0),
+            spent_total = spent_total + greatest(-p_minutes[i], 0),
+            updated_at = v_posted_at
+        WHERE id = p_accounts[i];
+    END LOOP;
 
     -- The response, exactly as the service renders it: its entries spliced in, in order.
-    SELECT p_body_head || v_posted_at_text || p_body_tail || '[' || string_agg(
-               format('{"id":null,"account_id":"%s","minutes":%s,"balance_after":%s,'
-                      '"account_version":%s}', l.account, l.minutes, l.balance, l.version),
-               ',' ORDER BY l.n) || ']' || p_body_suffix
-    INTO response_body
-    FROM unnest(p_accounts, p_minutes, v_balances, v_versions)
-         WITH ORDINALITY AS l(account, minutes, balance, version, n);
+    response_body := p_body_head || v_posted_at_text || p_body_tail || '[';
+    FOR i IN 1 .. v_lines LOOP
+        IF i > 1 THEN
+            response_body := response_body || ',';
+        END IF;
+        response_body := response_body || '{"id":null,"account_id":"' || p_accounts[i]
+            || '","minutes":' || p_minutes[i] || ',"balance_after":' || v_balances[i]
+            || ',"account_version":' || v_versions[i] || '}';
+    END LOOP;
+    response_body := response_body || ']' || p_body_suffix;
     IF v_expired THEN
         DELETE FROM idempotency_records AS r WHERE r.principal = p_principal AND r.key = p_key;
     END IF;

@@ -99,7 +99,13 @@ async def read_snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
 async def _set(
     sessionmaker: async_sessionmaker[AsyncSession], run_id: uuid.UUID, **values: Any
 ) -> None:
+    """Write a run's status, progress or report. On PostgreSQL without waiting for the write
+    to reach the disk (synchronous_commit off, this transaction only): it is bookkeeping, and
+    should the server crash first the run reads as unfinished, as it would had it crashed a
+    moment earlier. The seal itself is written and committed as any other write."""
     async with sessionmaker() as session, session.begin():
+        if session.get_bind().dialect.name == "postgresql":
+            await session.execute(text("SET LOCAL synchronous_commit = off"))
         await session.execute(
             update(ReconciliationRun).where(ReconciliationRun.id == run_id).values(**values)
         )

@@ -575,12 +575,16 @@ async def reversals(
     scope: ColumnElement[bool] = literal(True)
     twice_scope: ColumnElement[bool] = literal(True)
     if fresh is not None:
-        # Found through the primary key and the reverses_id index, not a scan.
-        ids = list(
-            (
-                await session.execute(text(_FRESH_REVERSALS), {"fresh": fresh.transaction_ids})
-            ).scalars()
+        # Found through the primary key and the reverses_id index, not a scan; a fresh
+        # transaction row read by the plan (the only row with its id) is a reversal or not
+        # by the kind read then.
+        kinds = fresh.transaction_kinds
+        unknown = [t for t in fresh.transaction_ids if t not in kinds]
+        found = await session.execute(
+            text(_FRESH_REVERSALS), {"fresh": fresh.transaction_ids, "unknown": unknown}
         )
+        known = {t for t, kind in kinds.items() if kind == TransactionKind.reversal.value}
+        ids = list(known | set(found.scalars()))
         if not ids:
             return result
         scope = _among(Transaction.id, ids)
@@ -688,8 +692,8 @@ async def reversals(
 # (Each id through an index, LATERAL ... OFFSET 0: a join lets the planner scan every
 # transaction instead.)
 _FRESH_REVERSALS = """
-SELECT t.id FROM unnest(CAST(:fresh AS uuid[])) AS fresh(id) CROSS JOIN LATERAL
-  (SELECT id FROM transactions WHERE id = fresh.id AND kind = 'reversal' OFFSET 0) AS t
+SELECT t.id FROM unnest(CAST(:unknown AS uuid[])) AS unknown(id) CROSS JOIN LATERAL
+  (SELECT id FROM transactions WHERE id = unknown.id AND kind = 'reversal' OFFSET 0) AS t
 UNION
 SELECT t.id FROM unnest(CAST(:fresh AS uuid[])) AS fresh(id) CROSS JOIN LATERAL
   (SELECT id FROM transactions WHERE reverses_id = fresh.id OFFSET 0) AS t

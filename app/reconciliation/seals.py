@@ -21,6 +21,7 @@ import hashlib
 import json
 import re
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -819,6 +820,9 @@ class Fresh:
     entry_ids: list[int]
     # Transactions whose row is fresh or that have a fresh entry.
     transaction_ids: list[uuid.UUID]
+    # The kind of each fresh transaction row read by the plan that is the only row with its
+    # id (as far as the plan looked: none when the rows were found by the predicate).
+    transaction_kinds: dict[uuid.UUID, str]
     # Entries to re-digest where sealed: the fresh ones and those of fresh transactions.
     entry_ids_to_rehash: list[int]
     # Each account with a fresh entry, and the lowest version among its fresh entries.
@@ -883,6 +887,15 @@ class Plan:
             report["fresh_entries"] = len(self.fresh.entry_ids)
             report["fresh_transactions"] = len(self.fresh.transaction_ids)
         return report
+
+
+def _sole_rows_kinds(rows: list[Any], old_ids: set[Any] | None) -> dict[uuid.UUID, str]:
+    """Each row's kind, keyed by id, for the ids that no other row found (fresh or old)
+    shares; nothing when old rows were not looked for (``old_ids`` None)."""
+    if old_ids is None:
+        return {}
+    seen = Counter(r["id"] for r in rows)
+    return {r["id"]: r["kind"] for r in rows if seen[r["id"]] == 1 and r["id"] not in old_ids}
 
 
 def _chain_starts(entries: list[Any]) -> dict[uuid.UUID, int]:
@@ -1089,6 +1102,7 @@ async def _decide(
             fresh=Fresh(
                 entry_ids=sorted(entry_ids),
                 transaction_ids=transaction_ids,
+                transaction_kinds=_sole_rows_kinds(fresh_transactions, seed.old_transaction_ids),
                 entry_ids_to_rehash=sorted(entry_ids | set(of_fresh)),
                 chain_starts=_chain_starts(entries),
                 window=Window.of(census),

@@ -18,6 +18,7 @@ from app.ledger.posting import Poster, PostingRequest, post_transactions
 from app.models import Community
 from app.models.ledger import TransactionKind
 from app.reconciliation import seals
+from tests.factories import expect
 from tests.ledger.helpers import post
 from tests.reconciliation.helpers import (
     Scenario,
@@ -585,6 +586,36 @@ async def test_an_entry_added_to_an_old_original_shows_on_its_old_reversal(
     assert {"transactions_balance", "content_hashes", "reversals"} <= set(found)
     [left_out] = found["reversals"]
     assert left_out["rows"] == {"transaction_id": books.reversal_id, "account_id": c.account_id}
+
+
+@postgres_only
+async def test_fresh_reversals_are_checked_by_the_kind_the_plan_read(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """A reversal written since the last seal is known as one by the kind its row had when
+    the plan read it (not looked up again): a legitimate one raises nothing, one written
+    behind the service that does not mirror its original is named as a full run names it."""
+    books = await sealed(client, app)
+    reversed_now, to_forge = books.transfers[2], books.transfers[3]
+    expect(
+        await client.post(
+            f"/v1/transactions/{reversed_now}/reversal", json={}, headers=books.admin.headers
+        ),
+        201,
+    )
+    clean = await reconcile(client, books.platform)
+    assert clean["status"] == "passed", failing(clean)
+    assert verification(clean)["mode"] == "incremental"
+    a, b = books.members[0], books.members[1]
+    forged = await insert_transaction(
+        app, books.id, "reversal", [(a.account_id, 7), (b.account_id, -7)], reverses_id=to_forge
+    )
+    run = await reconcile(client, books.platform)
+    assert verification(run)["mode"] == "incremental"
+    found = failing(run)
+    assert set(found) == {"reversals"}
+    assert {f["rows"]["transaction_id"] for f in found["reversals"]} == {forged}
+    assert _findings(run) == _findings(await reconcile(client, books.platform, full=True))
 
 
 @postgres_only

@@ -750,6 +750,37 @@ async def _count_beside(
     return asyncio.ensure_future(count())
 
 
+class CensusCount:
+    """The census scan beside the run (_count_beside), started when the run says so (start):
+    after the checks that look rows up one by one through indexes, which the scan, filling
+    both cores, slowed most. Waiting for the counts starts it, should nobody have."""
+
+    def __init__(
+        self,
+        session: AsyncSession,
+        predicates: dict[str, str],
+        params: dict[str, Any],
+        nested: bool,
+        exchanges: bool,
+        new_span: tuple[int, int] | None,
+    ) -> None:
+        self._start = (session, predicates, params, nested, exchanges, new_span)
+        self._task: asyncio.Task[Counts] | None = None
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = await _count_beside(*self._start)
+
+    async def counts(self) -> Counts:
+        await self.start()
+        assert self._task is not None
+        return await self._task
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
 async def _census_seed(
     session: AsyncSession,
     window: Window,
@@ -845,7 +876,7 @@ class Fresh:
     irregular_accounts: set[Any] = field(default_factory=set)
     # The census scan's counts, possibly still being counted beside the checks (confirm_plan
     # waits for them).
-    counted: asyncio.Future[Counts] | None = None
+    counted: CensusCount | None = None
     # Transaction rows of kind exchange (exchanges_posted_once): the last census's old ones,
     # which it proves unchanged, plus the fresh ones found; None when the census has no such
     # count (made before it kept one). Found, not counted: should the census scan show that
@@ -880,6 +911,11 @@ class Plan:
         """Stop counting beside, should the run end before confirm_plan."""
         if self.fresh is not None and self.fresh.counted is not None:
             self.fresh.counted.cancel()
+
+    async def start_census(self) -> None:
+        """Start the census scan beside the checks, if the plan has one waiting."""
+        if self.provisional is not None and self.fresh is not None and self.fresh.counted:
+            await self.fresh.counted.start()
 
     def as_dict(self) -> dict[str, Any]:
         report: dict[str, Any] = {"mode": self.mode, "reason": self.reason}
@@ -959,8 +995,8 @@ async def plan_verification(
     new_span = None
     if seal_up_to is not None and seal_up_to > last_seal.high_water:
         new_span = (last_seal.high_water, seal_up_to)
-    # The fresh rows are fetched before the census scan starts: their index look-ups, beside
-    # a scan that fills both cores, took up to ten times as long.
+    # The fresh rows are fetched before the census scan starts (CensusCount): their index
+    # look-ups, beside a scan that fills both cores, took up to ten times as long.
     seed = await _census_seed(
         session,
         window,
@@ -968,7 +1004,7 @@ async def plan_verification(
         FRESH_LIMIT + 1,
         Expected(last_seal.high_water, census["entries"]["fresh"], census["transactions"]["fresh"]),
     )
-    counting = await _count_beside(
+    counting = CensusCount(
         session, predicates, params, window.holds(now), count_exchanges, new_span
     )
     try:
@@ -1002,7 +1038,7 @@ async def confirm_plan(session: AsyncSession, plan: Plan) -> Plan:
     if pending is None or plan.fresh is None or plan.fresh.counted is None:
         return plan
     plan.provisional = None
-    counts = await plan.fresh.counted
+    counts = await plan.fresh.counted.counts()
     seed = pending.seed
     census = pending.last_seal.census or {}
     if all(
@@ -1036,7 +1072,7 @@ async def _decide(
     session: AsyncSession,
     last_seal: LedgerSeal,
     seed: CensusSeed,
-    counted: asyncio.Future[Counts],
+    counted: CensusCount,
     keep_seed: bool,
 ) -> Plan:
     """Incremental when the census holds (seed.counts None: as far as the fresh rows found

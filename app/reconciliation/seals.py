@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import hashlib
 import json
 import re
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -755,21 +757,13 @@ class CensusCount:
     after the checks that look rows up one by one through indexes, which the scan, filling
     both cores, slowed most. Waiting for the counts starts it, should nobody have."""
 
-    def __init__(
-        self,
-        session: AsyncSession,
-        predicates: dict[str, str],
-        params: dict[str, Any],
-        nested: bool,
-        exchanges: bool,
-        new_span: tuple[int, int] | None,
-    ) -> None:
-        self._start = (session, predicates, params, nested, exchanges, new_span)
+    def __init__(self, begin: Callable[[], Awaitable[asyncio.Task[Counts]]]) -> None:
+        self._begin = begin  # _count_beside with its arguments
         self._task: asyncio.Task[Counts] | None = None
 
     async def start(self) -> None:
         if self._task is None:
-            self._task = await _count_beside(*self._start)
+            self._task = await self._begin()
 
     async def counts(self) -> Counts:
         await self.start()
@@ -1005,7 +999,9 @@ async def plan_verification(
         Expected(last_seal.high_water, census["entries"]["fresh"], census["transactions"]["fresh"]),
     )
     counting = CensusCount(
-        session, predicates, params, window.holds(now), count_exchanges, new_span
+        functools.partial(
+            _count_beside, session, predicates, params, window.holds(now), count_exchanges, new_span
+        )
     )
     try:
         plan = await _decide(session, last_seal, seed, counting, reference_now is not None)

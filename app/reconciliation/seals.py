@@ -682,9 +682,6 @@ class Counts:
     fresh: dict[str, int]
     fresh_now: dict[str, int] | None
     exchange_transactions: int | None = None
-    # The new seal's span, digested on the same connection once the counting was done (the
-    # main connection is still checking then): see plan_verification's ``seal_up_to``.
-    new_span: SealSpan | None = None
 
 
 async def _count(
@@ -723,12 +720,10 @@ async def _count_beside(
     params: dict[str, Any],
     nested: bool,
     exchanges: bool,
-    new_span: tuple[int, int] | None,
 ) -> asyncio.Task[Counts]:
     """Start the census scan on a second connection that shares the run's snapshot
     (pg_export_snapshot): the run checks the fresh rows meanwhile, and confirm_plan waits for
-    the counts before anything it found is trusted. Then, while the run is still checking,
-    the same connection digests ``new_span`` (low, high) for the seal the run may make."""
+    the counts before anything it found is trusted."""
     snapshot = str(await session.scalar(text("SELECT pg_export_snapshot()")))
     if not _SNAPSHOT_ID.fullmatch(snapshot):
         raise RuntimeError(f"unexpected snapshot id {snapshot!r}")
@@ -743,11 +738,7 @@ async def _count_beside(
             async with beside.begin():
                 await beside.execute(text(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))
                 await beside.execute(text("SET LOCAL jit = off"))
-                counts = await _count(beside, predicates, params, nested, exchanges)
-                if new_span is not None:
-                    async with AsyncSession(bind=beside) as digesting:
-                        counts.new_span = await digest_span(digesting, *new_span)
-                return counts
+                return await _count(beside, predicates, params, nested, exchanges)
 
     return asyncio.ensure_future(count())
 
@@ -892,14 +883,6 @@ class Plan:
     census_seed: CensusSeed | None = None
     # An incremental plan made before the census scan's counts were in (confirm_plan).
     provisional: Provisional | None = None
-    # The new seal's span, digested beside (plan_verification's seal_up_to), once the plan
-    # is confirmed.
-    new_span: SealSpan | None = None
-
-    def span(self, low: int, high: int) -> SealSpan | None:
-        """The span (low, high] digested beside, if it was."""
-        found = self.new_span
-        return found if found is not None and (found.low, found.high) == (low, high) else None
 
     def abandon(self) -> None:
         """Stop counting beside, should the run end before confirm_plan."""
@@ -955,11 +938,8 @@ async def plan_verification(
     full_requested: bool,
     reference_now: int | None = None,
     full_every: timedelta = FULL_VERIFICATION_EVERY,
-    seal_up_to: int | None = None,
 ) -> Plan:
-    """Decide, inside the run's snapshot, whether a whole-ledger run may verify incrementally.
-    ``seal_up_to``: the mark the run would seal up to, should it pass; an incremental plan
-    has the new seal's span digested beside, after the census scan (Plan.new_span)."""
+    """Decide, inside the run's snapshot, whether a whole-ledger run may verify incrementally."""
     if session.get_bind().dialect.name != "postgresql":
         return Plan("full", "SQLite keeps no row versions to compare.")
     if last_seal is None:
@@ -986,9 +966,6 @@ async def plan_verification(
     predicates, params = _predicates(window, now)
     # (A census from before censuses counted their exchange transactions: count them.)
     count_exchanges = "exchanges" not in census["transactions"]
-    new_span = None
-    if seal_up_to is not None and seal_up_to > last_seal.high_water:
-        new_span = (last_seal.high_water, seal_up_to)
     # The fresh rows are fetched before the census scan starts (CensusCount): their index
     # look-ups, beside a scan that fills both cores, took up to ten times as long.
     seed = await _census_seed(
@@ -1000,7 +977,7 @@ async def plan_verification(
     )
     counting = CensusCount(
         functools.partial(
-            _count_beside, session, predicates, params, window.holds(now), count_exchanges, new_span
+            _count_beside, session, predicates, params, window.holds(now), count_exchanges
         )
     )
     try:
@@ -1045,7 +1022,6 @@ async def confirm_plan(session: AsyncSession, plan: Plan) -> Plan:
         seed.counts = counts
         if seed.exchange_transactions is None:
             seed.exchange_transactions = counts.exchange_transactions
-        plan.new_span = counts.new_span
         return plan
     seed = await _census_seed(
         session,

@@ -222,20 +222,22 @@ async def _run_checks(
                 select(LedgerSeal).order_by(LedgerSeal.high_water.desc()).limit(1)
             )
             plan = await seals.plan_verification(
-                snapshot,
-                latest,
-                full_requested,
-                reference,
-                full_every,
-                seal_up_to=high_water if seal_requested and settled else None,
+                snapshot, latest, full_requested, reference, full_every
             )
         else:
             plan = seals.Plan("full", "A run for one community checks all of its rows.")
         progress = _Progress(sessionmaker, run_id)
+        span = None
         try:
             results, tampering, last_seal, verified = await _check(
                 snapshot, community_id, plan, progress
             )
+            low = last_seal.high_water if last_seal else 0
+            sealing = seal_requested and community_id is None and settled and high_water > low
+            if sealing and _passed(results, tampering):
+                # The new seal's span, digested while the census scan is still counting (the
+                # same rows whatever the counts say; used only if every check passes).
+                span = await seals.digest_span(snapshot, low, high_water)
             # An incremental plan is made while the census scan still counts, beside: the
             # checks above ran meanwhile. Should the counts not bear the plan out, check again.
             confirmed = await seals.confirm_plan(snapshot, plan)
@@ -249,12 +251,12 @@ async def _run_checks(
         finally:
             plan.abandon()
         await progress.report(int(100 * (steps - 1) / steps))
-        passed = all(r.passed for r in results) and not tampering
-        span = None
+        passed = _passed(results, tampering)
         census = account_totals = None
-        low = last_seal.high_water if last_seal else 0
-        if passed and seal_requested and community_id is None and settled and high_water > low:
-            span = plan.span(low, high_water) or await seals.digest_span(snapshot, low, high_water)
+        if not passed:
+            span = None
+        if passed and sealing:
+            span = span or await seals.digest_span(snapshot, low, high_water)
             if reference is not None:
                 census, account_totals = await seals.take_census(
                     snapshot,
@@ -319,6 +321,10 @@ async def _run_checks(
         "seal": seal_report,
         "seal_note": note,
     }
+
+
+def _passed(results: list[CheckResult], tampering: list[seals.TamperReport]) -> bool:
+    return all(r.passed for r in results) and not tampering
 
 
 async def _check(

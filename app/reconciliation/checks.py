@@ -1017,6 +1017,53 @@ _FRESH_TRANSACTIONS = {
 }
 
 
+class _Passed(NamedTuple):
+    """A row as _PER_TRANSACTION_SQL gives it, for a transaction checked in Python."""
+
+    id: uuid.UUID
+    transaction_exists: bool
+    content_hash: str
+    recomputed: str
+    entries: int | None
+    total: int | None
+    zeros: int | None
+
+
+def _by_id(row: Any) -> uuid.UUID:
+    return uuid.UUID(str(row.id))
+
+
+def _transactions_read(fresh: Fresh) -> list[Any]:
+    """The new fresh transactions checked as _PER_TRANSACTION_SQL checks them, from the rows
+    the plan read (Fresh.transactions_read: all their entries are among Fresh.entries_read):
+    those with something wrong, ordered by id."""
+    read = fresh.transactions_read
+    lines: dict[uuid.UUID, list[Any]] = {}
+    for entry in sorted(fresh.entries_read, key=lambda e: e["id"]):
+        if entry["transaction_id"] in read:
+            lines.setdefault(entry["transaction_id"], []).append(entry)
+    rows = []
+    for transaction_id, t in read.items():
+        mine = lines.get(transaction_id, [])
+        recomputed = transaction_content_hash(
+            t["id"],
+            t["community_id"],
+            t["kind"],
+            t["occurred_on"].isoformat(),
+            t["reverses_id"],
+            t["memo"],
+            [(e["account_id"], e["amount"]) for e in mine],
+        )
+        total = sum(e["amount"] for e in mine)
+        zeros = sum(1 for e in mine if e["amount"] == 0)
+        if len(mine) < 2 or total != 0 or zeros > 0 or recomputed != t["content_hash"]:
+            passed = _Passed(
+                t["id"], True, t["content_hash"], recomputed, len(mine) or None, total, zeros
+            )
+            rows.append(passed)
+    return sorted(rows, key=_by_id)
+
+
 async def _transaction_pass(
     session: AsyncSession, community_id: uuid.UUID | None, fresh: Fresh | None
 ) -> list[Any]:
@@ -1032,10 +1079,14 @@ async def _transaction_pass(
         # leaves out entries whose transaction is gone (it cannot tell whose they are).
         parts["community_filter"] = "WHERE t.community_id = CAST(:community_id AS uuid)"
         params["community_id"] = str(community_id)
+    rows: list[Any] = []
     if fresh is not None:  # everything else is as the last sealing run verified it
         parts |= _FRESH_TRANSACTIONS
-        params["fresh"] = fresh.transaction_ids
-    rows = list((await session.execute(text(_PER_TRANSACTION_SQL.format(**parts)), params)).all())
+        rows = _transactions_read(fresh)
+        params["fresh"] = [t for t in fresh.transaction_ids if t not in fresh.transactions_read]
+    if fresh is None or params["fresh"]:
+        statement = text(_PER_TRANSACTION_SQL.format(**parts))
+        rows = sorted([*rows, *(await session.execute(statement, params)).all()], key=_by_id)
     session.info["transaction_pass"] = (community_id, fresh, rows)
     return rows
 

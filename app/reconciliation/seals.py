@@ -366,7 +366,8 @@ _IDENTITY = text(
 # (The statements below are built from fresh_predicate and fixed names only.)
 _CENSUS_TABLES = {
     "entries": "r.transaction_id, r.account_id, r.account_version, r.amount, r.balance_after",
-    "transactions": "r.kind, r.reverses_id",
+    # (With what the content hash covers: the fresh transactions are checked from these rows.)
+    "transactions": "r.kind, r.reverses_id, r.community_id, r.occurred_on, r.memo, r.content_hash",
 }
 # One parallel scan per table counts every row and the fresh ones (to either reference; to
 # the last census's alone when this run's window lies inside its window, "nested").
@@ -613,7 +614,8 @@ class CensusSeed:
     # Driver rows (read by name): id, transaction_id, account_id, account_version, amount,
     # balance_after, fresh, fresh_now
     entries: list[Any]
-    transactions: list[Any]  # id, kind, reverses_id, fresh, fresh_now
+    # id, kind, reverses_id, community_id, occurred_on, memo, content_hash, fresh, fresh_now
+    transactions: list[Any]
     # The window of this run's own census (fresh_now is fresh to it).
     window_now: Window
     # The ids of old rows found beside the fresh transactions (the same id twice: a copy), or
@@ -867,6 +869,12 @@ class Fresh:
     # count (made before it kept one). Found, not counted: should the census scan show that
     # some fresh rows were not found, confirm_plan replaces the plan and the checks run again.
     exchange_transactions: int | None = None
+    # The fresh transactions checked from the rows the plan read (transactions_balance,
+    # content_hashes): each new one (its row the only one with its id, not listed by the last
+    # census) with its row, its entries being all among the fresh entries read
+    # (entries_read). The other fresh transactions are looked up again.
+    transactions_read: dict[uuid.UUID, Any] = field(default_factory=dict)
+    entries_read: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -1100,6 +1108,7 @@ async def _decide(
                 1 for r in fresh_transactions if r["kind"] == "exchange"
             )
         copied = seed.old_transaction_ids
+        kinds = _sole_rows_kinds(fresh_transactions, copied)
         suspects = [t for t in fresh_rows if t in listed or copied is None or t in copied]
         of_fresh = (
             await session.execute(_ENTRIES_OF, {"ids": [str(t) for t in suspects]})
@@ -1110,7 +1119,7 @@ async def _decide(
             fresh=Fresh(
                 entry_ids=sorted(entry_ids),
                 transaction_ids=transaction_ids,
-                transaction_kinds=_sole_rows_kinds(fresh_transactions, seed.old_transaction_ids),
+                transaction_kinds=kinds,
                 entry_ids_to_rehash=sorted(entry_ids | set(of_fresh)),
                 chain_starts=_chain_starts(entries),
                 window=Window.of(census),
@@ -1120,6 +1129,14 @@ async def _decide(
                 irregular_accounts={e["account_id"] for e in entries if e["id"] in listed_entries},
                 counted=counted,
                 exchange_transactions=seed.exchange_transactions,
+                # The new transactions (the only row with their id, not listed by the last
+                # census): as above, their entries are all fresh, all among those read.
+                transactions_read={
+                    r["id"]: r
+                    for r in fresh_transactions
+                    if r["id"] in kinds and r["id"] not in listed
+                },
+                entries_read=entries,
             ),
             full_verified_at=full_verified_at,
             census_seed=seed if keep_seed else None,

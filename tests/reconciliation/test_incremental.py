@@ -1036,3 +1036,70 @@ async def test_a_fresh_entry_taking_an_old_version_breaks_the_chain_from_the_tot
     assert {f["rows"]["account_id"] for f in found["balance_after_chain"]} == {a.account_id}
     full = await reconcile(client, books.platform, full=True)
     assert {f["rows"]["account_id"] for f in failing(full)["balance_after_chain"]} == {a.account_id}
+
+
+@postgres_only
+async def test_new_transactions_are_checked_from_the_rows_the_plan_read(
+    client: AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new fresh transactions are checked from the rows the plan already read (no second
+    look-up): an edited memo or amount, a lone line and an entry added behind the service
+    are named as a full run names them, and legitimate shapes (three lines, lines given out of
+    account order) raise nothing."""
+    from app.reconciliation import checks
+
+    read: list[set[Any]] = []
+    python_pass = checks._transactions_read
+
+    def spy(fresh: seals.Fresh) -> list[Any]:
+        read.append({str(t) for t in fresh.transactions_read})
+        return python_pass(fresh)
+
+    monkeypatch.setattr(checks, "_transactions_read", spy)
+    books = await sealed(client, app)
+    a, b, c = books.members[0], books.members[1], books.members[2]
+    three = await post(
+        client, books.id, books.admin, [(c.account_id, 4), (a.account_id, -1), (b.account_id, -3)]
+    )
+    out_of_order = await insert_transaction(
+        app, books.id, "transfer", [(c.account_id, 2), (b.account_id, 1), (a.account_id, -3)]
+    )
+    single = await insert_transaction(app, books.id, "transfer", [(a.account_id, 1)])
+    memo = await post(client, books.id, books.admin, [(a.account_id, 2), (b.account_id, -2)])
+    amount = await post(client, books.id, books.admin, [(a.account_id, 3), (b.account_id, -3)])
+    added = await post(client, books.id, books.admin, [(a.account_id, 7), (b.account_id, -7)])
+    edits = (
+        "UPDATE transactions SET memo = 'edited' WHERE id = :memo",
+        "UPDATE entries SET amount = amount + 1 WHERE id = (SELECT min(id) FROM entries "
+        "WHERE transaction_id = :amount)",
+        "INSERT INTO entries (transaction_id, account_id, amount, balance_after, account_version, "
+        "posted_at) SELECT transaction_id, account_id, 1, balance_after + 1, "
+        "account_version + 1000, posted_at "
+        "FROM entries WHERE transaction_id = :added ORDER BY id LIMIT 1",
+    )
+    await tamper(
+        app,
+        *edits,
+        memo=db_id(app, memo["id"]),
+        amount=db_id(app, amount["id"]),
+        added=db_id(app, added["id"]),
+    )
+    run = await reconcile(client, books.platform)
+    assert verification(run)["mode"] == "incremental"
+    new = {three["id"], out_of_order, memo["id"], amount["id"], single, added["id"]}
+    assert read
+    assert new <= read[-1]
+    found = failing(run)
+    assert {f["rows"]["transaction_id"] for f in found["transactions_balance"]} == {
+        amount["id"],
+        single,
+        added["id"],
+    }
+    assert {f["rows"]["transaction_id"] for f in found["content_hashes"]} == {
+        memo["id"],
+        amount["id"],
+        added["id"],
+    }
+    full = await reconcile(client, books.platform, full=True)
+    for check in ("transactions_balance", "content_hashes"):
+        assert _findings(run)[check] == _findings(full)[check]

@@ -23,7 +23,7 @@ import json
 import re
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -348,20 +348,27 @@ class Window:
         return fresh_predicate(name, self.start, self.end)
 
 
-_SNAPSHOT_XIDS = text(
-    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, "
-    "pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
-)
 # Which cluster, database and tables the xids belong to: a restore, an upgrade or a failover
 # to another cluster makes them meaningless (and rewrites every row), so the run goes full.
 # So does a rewrite of a table in place (an ALTER TABLE that rewrites it, TRUNCATE and reload,
 # VACUUM FULL, CLUSTER): it gives the table a new file, and may give every row a new xmin,
 # which is a migration's doing, not a forger's. The full verification still checks every row.
-_IDENTITY = text(
-    "SELECT (SELECT system_identifier::text FROM pg_control_system()), "
+_IDENTITY_COLUMNS = (
+    "(SELECT system_identifier::text FROM pg_control_system()), "
     "(SELECT oid::bigint FROM pg_database WHERE datname = current_database()), "
     "'entries'::regclass::oid::bigint, 'transactions'::regclass::oid::bigint, "
     "pg_relation_filenode('entries')::bigint, pg_relation_filenode('transactions')::bigint"
+)
+_IDENTITY = text(f"SELECT {_IDENTITY_COLUMNS}")
+# (The plan reads the identity with the snapshot's xmax, in one round trip.)
+_IDENTITY_AND_HORIZON = text(
+    f"SELECT {_IDENTITY_COLUMNS}, pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+)
+# (census_reference reads the xids with whether it may see other roles' xids, in one.)
+_REFERENCE_XIDS = text(
+    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, "
+    "pg_snapshot_xmax(pg_current_snapshot())::text::bigint, "
+    "pg_has_role('pg_read_all_stats', 'USAGE')"
 )
 # (The statements below are built from fresh_predicate and fixed names only.)
 _CENSUS_TABLES = {
@@ -401,9 +408,11 @@ _ENTRIES_OF = text(
 
 
 async def _identity(session: AsyncSession) -> dict[str, str]:
-    system, database, entries, transactions, entries_file, transactions_file = (
-        await session.execute(_IDENTITY)
-    ).one()
+    return _identity_of((await session.execute(_IDENTITY)).one())
+
+
+def _identity_of(row: Sequence[Any]) -> dict[str, str]:
+    system, database, entries, transactions, entries_file, transactions_file = row[:6]
     return {
         "system": str(system),
         "database": str(database),
@@ -435,8 +444,9 @@ async def census_reference(connection: AsyncConnection) -> int | None:
     """
     if connection.dialect.name != "postgresql":
         return None
-    oldest, next_xid = (int(x) for x in (await connection.execute(_SNAPSHOT_XIDS)).one())
-    if not await connection.scalar(text("SELECT pg_has_role('pg_read_all_stats', 'USAGE')")):
+    oldest, next_xid, sees_all = (await connection.execute(_REFERENCE_XIDS)).one()
+    oldest, next_xid = int(oldest), int(next_xid)
+    if not sees_all:
         # Other roles' xids are hidden from us in pg_stat_activity: take the cluster-wide one.
         await connection.commit()
         return oldest
@@ -960,14 +970,15 @@ async def plan_verification(
         return Plan("full", "A full verification was requested.")
     if utcnow() - full_verified_at >= full_every:
         return Plan("full", f"Scheduled: the last full verification was at {full_verified_at}.")
-    if census["identity"] != await _identity(session):
+    identity_and_horizon = (await session.execute(_IDENTITY_AND_HORIZON)).one()
+    if census["identity"] != _identity_of(identity_and_horizon):
         return Plan(
             "full",
             "The database or its ledger tables are not those the census saw (restored, "
             "upgraded or rewritten in place).",
         )
     window = Window.of(census)
-    horizon = int((await session.execute(_SNAPSHOT_XIDS)).one()[1])
+    horizon = int(identity_and_horizon[6])
     if not (0 <= horizon - window.start < MAX_XID_DISTANCE and horizon <= window.end):
         return Plan("full", "Too many transactions since the last seal to compare row versions.")
     now = window.next_from(window.start if reference_now is None else reference_now)
@@ -1111,8 +1122,10 @@ async def _decide(
         kinds = _sole_rows_kinds(fresh_transactions, copied)
         suspects = [t for t in fresh_rows if t in listed or copied is None or t in copied]
         of_fresh = (
-            await session.execute(_ENTRIES_OF, {"ids": [str(t) for t in suspects]})
-        ).scalars()
+            (await session.execute(_ENTRIES_OF, {"ids": [str(t) for t in suspects]})).scalars()
+            if suspects
+            else ()
+        )
         return Plan(
             "incremental",
             "The census of the last seal holds: only rows written since are re-hashed.",

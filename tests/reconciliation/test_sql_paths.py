@@ -8,12 +8,12 @@ import uuid
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from app.models import Entry
 from app.reconciliation import checks, seals
 from app.reconciliation.findings import CheckResult
-from app.reconciliation.service import read_snapshot
+from app.reconciliation.service import SNAPSHOT_WORK_MEM, read_snapshot
 from tests.reconciliation.helpers import db_id, insert_transaction, scenario, tamper
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres_only]
@@ -68,3 +68,23 @@ async def test_sql_and_python_digests_agree(
         [books.transfers[0], three, books.transfers[2], books.transfers[3]]
     )
     assert scoped.total == 4
+
+
+async def test_the_snapshot_sets_its_settings_for_its_own_transaction(app: FastAPI) -> None:
+    """read_snapshot sets work_mem and jit in one statement, locally: they hold inside the
+    snapshot, read-only at repeatable read, and are gone with it."""
+    async with read_snapshot(app.state.engine) as session:
+        shown = (
+            await session.execute(
+                text(
+                    "SELECT current_setting('work_mem'), "
+                    "current_setting('jit'), current_setting('transaction_isolation'), "
+                    "current_setting('transaction_read_only')"
+                )
+            )
+        ).one()
+        assert tuple(shown) == (SNAPSHOT_WORK_MEM, "off", "repeatable read", "on")
+    async with app.state.engine.connect() as connection:
+        assert await connection.scalar(text("SELECT current_setting('work_mem')")) != (
+            SNAPSHOT_WORK_MEM
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import date
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
@@ -937,16 +938,19 @@ def transaction_content_hash(
     lines: Sequence[tuple[uuid.UUID, int]],
 ) -> str:
     """The same digest the posting engine stores (app.ledger.posting.content_hash)."""
-    parts = [
-        str(transaction_id),
-        str(community_id),
-        kind,
-        occurred_on,
-        str(reverses_id or ""),
-        memo,
-        *(f"{account}:{minutes}" for account, minutes in sorted(lines, key=lambda x: str(x[0]))),
-    ]
+    head = [str(transaction_id), str(community_id), kind, occurred_on, str(reverses_id or ""), memo]
+    return _content_digest(head, [(str(account), minutes) for account, minutes in lines])
+
+
+def _content_digest(head: list[str], lines: list[tuple[str, int]]) -> str:
+    """transaction_content_hash over its fields as text (``lines``: account ids as text, in
+    entry order; sorted here by account, ties kept in that order)."""
+    parts = [*head, *(f"{account}:{minutes}" for account, minutes in sorted(lines, key=_first))]
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def _first(line: tuple[str, int]) -> str:
+    return line[0]
 
 
 def _hash_finding(transaction_id: Any, stored: str, recomputed: str) -> Finding:
@@ -1038,24 +1042,34 @@ def _transactions_read(fresh: Fresh) -> list[Any]:
     the plan read (Fresh.transactions_read: all their entries are among Fresh.entries_read):
     those with something wrong, ordered by id."""
     read = fresh.transactions_read
-    lines: dict[uuid.UUID, list[Any]] = {}
+    text_of: dict[Any, str] = {}  # (each account, community and date printed once)
+
+    def printed(value: Any) -> str:
+        found = text_of.get(value)
+        if found is None:
+            found = text_of[value] = value.isoformat() if isinstance(value, date) else str(value)
+        return found
+
+    lines: dict[Any, list[tuple[str, int]]] = {}
     for entry in sorted(fresh.entries_read, key=lambda e: e["id"]):
         if entry["transaction_id"] in read:
-            lines.setdefault(entry["transaction_id"], []).append(entry)
+            line = (printed(entry["account_id"]), entry["amount"])
+            lines.setdefault(entry["transaction_id"], []).append(line)
     rows = []
     for transaction_id, t in read.items():
         mine = lines.get(transaction_id, [])
-        recomputed = transaction_content_hash(
-            t["id"],
-            t["community_id"],
+        reverses = t["reverses_id"]
+        head = [
+            str(t["id"]),
+            printed(t["community_id"]),
             t["kind"],
-            t["occurred_on"].isoformat(),
-            t["reverses_id"],
+            printed(t["occurred_on"]),
+            "" if reverses is None else str(reverses),
             t["memo"],
-            [(e["account_id"], e["amount"]) for e in mine],
-        )
-        total = sum(e["amount"] for e in mine)
-        zeros = sum(1 for e in mine if e["amount"] == 0)
+        ]
+        recomputed = _content_digest(head, mine)
+        total = sum(minutes for _, minutes in mine)
+        zeros = sum(1 for _, minutes in mine if minutes == 0)
         if len(mine) < 2 or total != 0 or zeros > 0 or recomputed != t["content_hash"]:
             passed = _Passed(
                 t["id"], True, t["content_hash"], recomputed, len(mine) or None, total, zeros

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import date
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
@@ -1042,32 +1041,20 @@ def _transactions_read(fresh: Fresh) -> list[Any]:
     the plan read (Fresh.transactions_read: all their entries are among Fresh.entries_read):
     those with something wrong, ordered by id."""
     read = fresh.transactions_read
-    text_of: dict[Any, str] = {}  # (each account, community and date printed once)
-
-    def printed(value: Any) -> str:
-        found = text_of.get(value)
-        if found is None:
-            found = text_of[value] = value.isoformat() if isinstance(value, date) else str(value)
-        return found
-
+    accounts: dict[Any, str] = {}  # (each account id printed once)
     lines: dict[Any, list[tuple[str, int]]] = {}
     for entry in sorted(fresh.entries_read, key=lambda e: e["id"]):
         if entry["transaction_id"] in read:
-            line = (printed(entry["account_id"]), entry["amount"])
-            lines.setdefault(entry["transaction_id"], []).append(line)
+            account = entry["account_id"]
+            printed = accounts.get(account)
+            if printed is None:
+                printed = accounts[account] = str(account)
+            lines.setdefault(entry["transaction_id"], []).append((printed, entry["amount"]))
     rows = []
     for transaction_id, t in read.items():
         mine = lines.get(transaction_id, [])
-        reverses = t["reverses_id"]
-        head = [
-            str(t["id"]),
-            printed(t["community_id"]),
-            t["kind"],
-            printed(t["occurred_on"]),
-            "" if reverses is None else str(reverses),
-            t["memo"],
-        ]
-        recomputed = _content_digest(head, mine)
+        # (head: the transaction's fields as text, printed by PostgreSQL with the row.)
+        recomputed = _content_digest([t["head"]], mine)
         total = sum(minutes for _, minutes in mine)
         zeros = sum(1 for _, minutes in mine if minutes == 0)
         if len(mine) < 2 or total != 0 or zeros > 0 or recomputed != t["content_hash"]:

@@ -373,8 +373,11 @@ _REFERENCE_XIDS = text(
 # (The statements below are built from fresh_predicate and fixed names only.)
 _CENSUS_TABLES = {
     "entries": "r.transaction_id, r.account_id, r.account_version, r.amount, r.balance_after",
-    # (With what the content hash covers: the fresh transactions are checked from these rows.)
-    "transactions": "r.kind, r.reverses_id, r.community_id, r.occurred_on, r.memo, r.content_hash",
+    # (With the stored content hash and the fields it covers, as _PER_TRANSACTION_SQL in
+    # checks prints them: the new fresh transactions are checked from these rows.)
+    "transactions": "r.kind, r.reverses_id, r.content_hash, concat_ws(chr(31), r.id::text, "
+    "r.community_id::text, r.kind, to_char(r.occurred_on, 'YYYY-MM-DD'), "
+    "coalesce(r.reverses_id::text, ''), r.memo) AS head",
 }
 # One parallel scan per table counts every row and the fresh ones (to either reference; to
 # the last census's alone when this run's window lies inside its window, "nested").
@@ -624,7 +627,8 @@ class CensusSeed:
     # Driver rows (read by name): id, transaction_id, account_id, account_version, amount,
     # balance_after, fresh, fresh_now
     entries: list[Any]
-    # id, kind, reverses_id, community_id, occurred_on, memo, content_hash, fresh, fresh_now
+    # id, kind, reverses_id, content_hash, head (what the hash covers but the lines), fresh,
+    # fresh_now
     transactions: list[Any]
     # The window of this run's own census (fresh_now is fresh to it).
     window_now: Window

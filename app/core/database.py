@@ -116,13 +116,6 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     file (SQLite's own busy handler sleeps and polls, which turns a queue into long tails), and
     reads run in a deferred snapshot that never waits for a writer.
     """
-    async with request_session(request) as session:
-        yield session
-
-
-@asynccontextmanager
-async def request_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """``get_session`` for a handler that needs a session on some paths only."""
     write_lock: asyncio.Lock | None = getattr(request.app.state, "sqlite_write_lock", None)
     if write_lock is None:
         async with _unit_of_work(request, read_only=False) as session:

@@ -9,7 +9,7 @@ own rules and refusal factories. Values are encoded by the models' own column ty
 rows are exactly those SQLAlchemy writes.
 
 Writers of this process take turns on the application's SQLite write lock, as the general
-path's do (``app.core.database.request_session``); writers of other processes wait on
+path's do (``app.core.database.get_session``); writers of other processes wait on
 SQLite's busy timeout.
 """
 

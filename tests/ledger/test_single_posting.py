@@ -183,17 +183,14 @@ async def test_a_posted_transaction_answers_exactly_as_pydantic_renders_it(
     await check_books(app)
 
 
-class _BrokenDriver:
-    """An engine whose one connection fails the call with ``error``."""
+class _FakeEngine:
+    """An engine with one connection that is its own asyncpg driver: subclasses answer
+    ``fetchrow``."""
 
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-        self.invalidated = False
-
-    def connect(self) -> _BrokenDriver:
+    def connect(self) -> _FakeEngine:
         return self
 
-    async def __aenter__(self) -> _BrokenDriver:
+    async def __aenter__(self) -> _FakeEngine:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -201,6 +198,14 @@ class _BrokenDriver:
 
     async def get_raw_connection(self) -> SimpleNamespace:
         return SimpleNamespace(driver_connection=self)
+
+
+class _BrokenDriver(_FakeEngine):
+    """An engine whose one connection fails the call with ``error``."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        self.invalidated = False
 
     async def fetchrow(self, *parameters: object) -> None:
         raise self.error
@@ -254,24 +259,12 @@ def test_an_outcome_the_service_does_not_know_is_a_defect_not_a_refusal() -> Non
         single_post._refusal("surprise", {}, uuid.uuid4(), "x")
 
 
-class _SlowDatabase:
+class _SlowDatabase(_FakeEngine):
     """An engine whose calls wait until released, counting how many are in the database."""
 
     def __init__(self) -> None:
         self.inside = self.most_inside = 0
         self.release = asyncio.Event()
-
-    def connect(self) -> _SlowDatabase:
-        return self
-
-    async def __aenter__(self) -> _SlowDatabase:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        return None
-
-    async def get_raw_connection(self) -> SimpleNamespace:
-        return SimpleNamespace(driver_connection=self)
 
     async def fetchrow(self, *parameters: object) -> dict[str, object]:
         self.inside += 1

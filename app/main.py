@@ -33,6 +33,7 @@ from app.identity.auth import AuthServices
 from app.identity.login_throttle import LoginThrottle
 from app.identity.router import auth_router
 from app.identity.router import router as identity_router
+from app.ledger.fast_path import SinglePostingFastPath
 from app.ledger.router import router as ledger_router
 from app.ledger.single_post import single_poster as ledger_single_poster
 from app.network.router import router as network_router
@@ -129,6 +130,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
 
     install_error_handlers(app)
+    # Innermost: answers well-formed single postings inside CORS, request context and metrics.
+    app.add_middleware(SinglePostingFastPath)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -194,6 +194,11 @@ def _validation_errors(exc: RequestValidationError) -> list[FieldProblem]:
 
 async def _handle_domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
+    return domain_error_response(request, exc)
+
+
+def domain_error_response(request: Request, exc: DomainError) -> JSONResponse:
+    """The problem document of a refusal, as every route answers it."""
     return problem_response(
         request,
         status=exc.status,

@@ -44,13 +44,18 @@ def idempotency_key(
     an optional header was not sent."""
     if header is None:
         return None
-    path = request.url.path
+    return request_key(principal, header, request.method, request.url.path, payload)
+
+
+def request_key(
+    principal: Principal | TokenSubject, header: str, method: str, path: str, payload: BaseModel
+) -> IdempotencyKey:
     return IdempotencyKey(
         principal=principal.idempotency_scope,
         key=header,
-        method=request.method,
+        method=method,
         path=path,
-        request_hash=request_fingerprint(request.method, path, payload),
+        request_hash=request_fingerprint(method, path, payload),
     )
 
 

@@ -15,6 +15,7 @@ from pydantic import AwareDatetime, BaseModel
 from app.access.community import (
     CommunityAccess,
     CommunityInPath,
+    CommunityRef,
     MemberAccess,
     NotAMember,
     community_guard,
@@ -28,7 +29,7 @@ from app.access.errors import (
     MemberNotFound,
     MembershipInactive,
 )
-from app.access.principal import CurrentTokenSubject
+from app.access.principal import CurrentTokenSubject, TokenSubject
 from app.core.database import DbSession
 from app.core.errors import IdempotencyKeyRequired, InvalidCursor, Unprocessable, error_responses
 from app.core.pagination import Page, Pagination
@@ -45,6 +46,7 @@ from app.ledger.idempotent_http import (
     RequiredIdempotencyHeader,
     idempotency_key,
     idempotent_reply,
+    request_key,
 )
 from app.ledger.schemas import (
     AccountLimitsUpdate,
@@ -211,11 +213,24 @@ async def create_transaction(
     community: CommunityInPath,
     key_header: RequiredIdempotencyHeader,
 ) -> Response:
-    key = idempotency_key(request, subject, key_header, body)
-    assert key is not None  # the header is required
-    # The hot path: access, key, checks and writes in one call (app/ledger/single_post.py).
+    # Well-formed requests are answered by app/ledger/fast_path.py, with the same function.
+    return await answer_single_posting(
+        request.app.state.single_poster, subject, community, key_header, body, request.url.path
+    )
+
+
+async def answer_single_posting(
+    poster: single_post.SinglePoster,
+    subject: TokenSubject,
+    community: CommunityRef,
+    key_header: str,
+    body: TransactionCreate,
+    path: str,
+) -> Response:
+    """The hot path: access, key, checks and writes in one call (app/ledger/single_post.py)."""
+    key = request_key(subject, key_header, "POST", path, body)
     posting = single_post.prepare(subject, community, key, body)
-    return idempotent_reply(await request.app.state.single_poster.post(posting))
+    return idempotent_reply(await poster.post(posting))
 
 
 @router.post(

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
-from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
@@ -183,35 +183,53 @@ async def test_a_posted_transaction_answers_exactly_as_pydantic_renders_it(
     await check_books(app)
 
 
-class _FakeEngine:
-    """An engine with one connection that is its own asyncpg driver: subclasses answer
-    ``fetchrow``."""
+class _FakeConnection:
+    """An asyncpg connection whose calls subclasses answer; it notes being terminated."""
 
-    def connect(self) -> _FakeEngine:
-        return self
+    def __init__(self) -> None:
+        self.terminated = False
+        self.calls = 0
 
-    async def __aenter__(self) -> _FakeEngine:
-        return self
+    def terminate(self) -> None:
+        self.terminated = True
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        return None
+    def is_closed(self) -> bool:
+        return self.terminated
 
-    async def get_raw_connection(self) -> SimpleNamespace:
-        return SimpleNamespace(driver_connection=self)
+    async def fetchrow(self, *parameters: object) -> dict[str, object]:
+        self.calls += 1
+        return {"outcome": "posted", "response_status": 201, "response_body": "{}"}
 
 
-class _BrokenDriver(_FakeEngine):
-    """An engine whose one connection fails the call with ``error``."""
+class _Connections:
+    """What the poster is given to open connections: opens ``make()``s and keeps them."""
+
+    def __init__(self, make: Callable[[], _FakeConnection] = _FakeConnection) -> None:
+        self.make = make
+        self.opened: list[_FakeConnection] = []
+
+    async def __call__(self) -> _FakeConnection:
+        self.opened.append(self.make())
+        return self.opened[-1]
+
+    def poster(self, concurrency: int = 1, **options: Any) -> single_post.PostgresSinglePoster:
+        return single_post.PostgresSinglePoster(self, concurrency, **options)
+
+
+class _BrokenConnection(_FakeConnection):
+    """A connection whose call fails with ``error``; closed, as asyncpg's is, when the socket
+    went away (not yet after a server's shutdown message, nor after a cancelled call)."""
 
     def __init__(self, error: BaseException) -> None:
+        super().__init__()
         self.error = error
-        self.invalidated = False
 
-    async def fetchrow(self, *parameters: object) -> None:
+    async def fetchrow(self, *parameters: object) -> dict[str, object]:
+        if isinstance(
+            self.error, OSError | asyncpg.InterfaceError | asyncpg.PostgresConnectionError
+        ):
+            self.terminated = True
         raise self.error
-
-    async def invalidate(self) -> None:
-        self.invalidated = True
 
 
 def _unique_violation(constraint: str) -> asyncpg.UniqueViolationError:
@@ -220,65 +238,7 @@ def _unique_violation(constraint: str) -> asyncpg.UniqueViolationError:
     return error
 
 
-@pytest.mark.parametrize(
-    ("error", "answer", "invalidated"),
-    [
-        # The key's first request committed between this one's lock and its insert.
-        (
-            _unique_violation("uq_idempotency_records_principal_key"),
-            errors.IdempotencyInProgress,
-            False,
-        ),
-        (asyncpg.DeadlockDetectedError("deadlock detected"), errors.LedgerBusy, False),
-        (asyncpg.SerializationError("could not serialize"), errors.LedgerBusy, False),
-        # Anything else is not the client's to retry: it surfaces as it is (a 500).
-        (_unique_violation("pk_transactions"), asyncpg.UniqueViolationError, False),
-        (asyncpg.CheckViolationError("check"), asyncpg.CheckViolationError, False),
-        # A broken connection leaves the pool, and the answer is a retryable 503.
-        (
-            asyncpg.ConnectionDoesNotExistError("connection was closed"),
-            asyncpg.ConnectionDoesNotExistError,
-            True,
-        ),
-        (ConnectionResetError("reset by peer"), ConnectionResetError, True),
-    ],
-)
-async def test_database_errors_of_the_single_posting_call_become_the_general_paths_answers(
-    error: BaseException, answer: type[BaseException], invalidated: bool
-) -> None:
-    engine = _BrokenDriver(error)
-    with pytest.raises(answer):
-        await single_post._call(engine, "parameters")  # type: ignore[arg-type]
-    assert engine.invalidated is invalidated
-    if invalidated:
-        assert database_unavailable(error)
-
-
-def test_an_outcome_the_service_does_not_know_is_a_defect_not_a_refusal() -> None:
-    with pytest.raises(AssertionError, match="surprise"):
-        single_post._refusal("surprise", {}, uuid.uuid4(), "x")
-
-
-class _SlowDatabase(_FakeEngine):
-    """An engine whose calls wait until released, counting how many are in the database."""
-
-    def __init__(self) -> None:
-        self.inside = self.most_inside = 0
-        self.release = asyncio.Event()
-
-    async def fetchrow(self, *parameters: object) -> dict[str, object]:
-        self.inside += 1
-        self.most_inside = max(self.most_inside, self.inside)
-        await self.release.wait()
-        self.inside -= 1
-        return {"outcome": "posted", "response_status": 201, "response_body": "{}"}
-
-
-async def test_a_worker_sends_at_most_its_posting_concurrency_to_postgresql_at_once() -> None:
-    """The rest wait their turn in the worker: fewer busy backends cost PostgreSQL less CPU
-    per posting than many contending ones."""
-    database = _SlowDatabase()
-    poster = single_post.PostgresSinglePoster(database, concurrency=3)  # type: ignore[arg-type]
+def _posting(principal: str = "user:1") -> single_post.SinglePosting:
     subject = TokenSubject(user_id=uuid.uuid4(), client_id=None, scopes=frozenset())
     community = CommunityRef(id=uuid.uuid4(), as_written="x")
     data = TransactionCreate.model_validate(
@@ -289,20 +249,109 @@ async def test_a_worker_sends_at_most_its_posting_concurrency_to_postgresql_at_o
             ]
         }
     )
-    postings = [
-        single_post.prepare(
-            subject, community, IdempotencyKey(f"user:{n}", "k", "POST", "/p", "h"), data
-        )
-        for n in range(10)
-    ]
-    calls = [asyncio.create_task(poster.post(posting)) for posting in postings]
+    key = IdempotencyKey(principal, "k", "POST", "/p", "h")
+    return single_post.prepare(subject, community, key, data)
+
+
+@pytest.mark.parametrize(
+    ("error", "answer", "kept"),
+    [
+        # The key's first request committed between this one's lock and its insert.
+        (
+            _unique_violation("uq_idempotency_records_principal_key"),
+            errors.IdempotencyInProgress,
+            True,
+        ),
+        (asyncpg.DeadlockDetectedError("deadlock detected"), errors.LedgerBusy, True),
+        (asyncpg.SerializationError("could not serialize"), errors.LedgerBusy, True),
+        # Anything else is not the client's to retry: it surfaces as it is (a 500).
+        (_unique_violation("pk_transactions"), asyncpg.UniqueViolationError, True),
+        (asyncpg.CheckViolationError("check"), asyncpg.CheckViolationError, True),
+        # A broken connection is never used again, and the answer is a retryable 503.
+        (
+            asyncpg.ConnectionDoesNotExistError("connection was closed"),
+            asyncpg.ConnectionDoesNotExistError,
+            False,
+        ),
+        (asyncpg.AdminShutdownError("terminating connection"), asyncpg.AdminShutdownError, False),
+        (ConnectionResetError("reset by peer"), ConnectionResetError, False),
+        (asyncpg.InterfaceError("connection is closed"), asyncpg.InterfaceError, False),
+        # Interrupted mid-call: what the connection is doing is unknown.
+        (asyncio.CancelledError(), asyncio.CancelledError, False),
+    ],
+)
+async def test_database_errors_of_the_single_posting_call_become_the_general_paths_answers(
+    error: BaseException, answer: type[BaseException], kept: bool
+) -> None:
+    connections = _Connections(lambda: _BrokenConnection(error))
+    poster = connections.poster()
+
+    with pytest.raises(answer):
+        await poster.post(_posting())
+    with pytest.raises(answer):
+        await poster.post(_posting())
+
+    # A connection the server merely refused takes the next call; any other is let go.
+    assert len(connections.opened) == (1 if kept else 2)
+    assert [c.terminated for c in connections.opened] == [not kept] * len(connections.opened)
+    if isinstance(error, asyncpg.PostgresConnectionError | OSError):
+        assert database_unavailable(error)
+
+
+async def test_the_poster_reuses_its_connections_recycles_old_ones_and_closes_them() -> None:
+    connections = _Connections()
+    poster = connections.poster(concurrency=2)
+    for _ in range(3):
+        await poster.post(_posting())
+    assert len(connections.opened) == 1
+    assert connections.opened[0].calls == 3
+
+    ageing = _Connections()
+    recycled = ageing.poster(recycle_seconds=0.0)
+    await recycled.post(_posting())
+    await asyncio.sleep(0.001)
+    await recycled.post(_posting())
+    assert [c.terminated for c in ageing.opened] == [True, True]  # each closed after its call
+
+    await poster.close()
+    assert connections.opened[0].terminated
+    await poster.post(_posting())  # a call while closing: its connection is closed after it
+    assert [c.terminated for c in connections.opened] == [True, True]
+
+
+def test_an_outcome_the_service_does_not_know_is_a_defect_not_a_refusal() -> None:
+    with pytest.raises(AssertionError, match="surprise"):
+        single_post._refusal("surprise", {}, uuid.uuid4(), "x")
+
+
+async def test_a_worker_sends_at_most_its_posting_concurrency_to_postgresql_at_once() -> None:
+    """The rest wait their turn in the worker: fewer busy backends cost PostgreSQL less CPU
+    per posting than many contending ones."""
+
+    class Slow(_FakeConnection):
+        """Calls wait until released, counting how many are in the database."""
+
+        inside = most_inside = 0
+        release = asyncio.Event()
+
+        async def fetchrow(self, *parameters: object) -> dict[str, object]:
+            Slow.inside += 1
+            Slow.most_inside = max(Slow.most_inside, Slow.inside)
+            await Slow.release.wait()
+            Slow.inside -= 1
+            return await super().fetchrow(*parameters)
+
+    connections = _Connections(Slow)
+    poster = connections.poster(concurrency=3)
+    calls = [asyncio.create_task(poster.post(_posting(f"user:{n}"))) for n in range(10)]
     for _ in range(100):  # every task gets as far as it can
         await asyncio.sleep(0)
-    assert database.inside == 3  # seven wait in the worker
-    database.release.set()
+    assert Slow.inside == 3  # seven wait in the worker
+    Slow.release.set()
     outcomes = await asyncio.gather(*calls)
     assert [outcome.status for outcome in outcomes] == [201] * 10
-    assert database.most_inside == 3
+    assert Slow.most_inside == 3
+    assert len(connections.opened) == 3
 
 
 async def _accounts_last_changed(app: FastAPI, at: datetime, *account_ids: str) -> None:

@@ -50,6 +50,16 @@ async def sealed(client: AsyncClient, app: FastAPI) -> Scenario:
     return books
 
 
+async def seal_a_posting(client: AsyncClient, books: Scenario, minutes: int) -> None:
+    """The first member earns ``minutes`` from the second; a run checks the posting
+    incrementally, passes, and seals it."""
+    a, b = books.members[0], books.members[1]
+    await post(client, books.id, books.admin, [(a.account_id, minutes), (b.account_id, -minutes)])
+    run = await reconcile(client, books.platform)
+    assert run["status"] == "passed", failing(run)
+    assert verification(run)["mode"] == "incremental"
+
+
 @postgres_only
 async def test_after_a_seal_runs_verify_incrementally_and_full_on_request(
     client: AsyncClient, app: FastAPI
@@ -410,6 +420,106 @@ def test_a_runs_census_window_nests_in_the_last_while_room_is_left() -> None:
     assert last.next_from(999) == seals.Window(999, 999 + 2**31)
     # A census from before windows had ends: P + 2^31.
     assert seals.Window.of({"reference": 7}) == seals.Window(7, 7 + 2**31)
+
+
+def test_the_census_scan_looks_xmin_up_in_a_set_only_where_that_is_the_window() -> None:
+    """The set of xids [P, horizon) says what the window [P, E) says of every row a snapshot
+    with that horizon sees only while no xid has wrapped: horizon <= E <= 2^32. Elsewhere,
+    and beyond XID_SET_LIMIT xids, the census scan compares ranges."""
+    window = seals.Window(1000, 1000 + 2**31)
+    assert seals.xid_set_predicate(window, 1004) == "r.xmin = ANY('{1000,1001,1002,1003}'::xid[])"
+    assert seals.xid_set_predicate(window, 1000) == "false"  # nothing written since P
+    # (The special xids 0-2 are never fresh, as in the range.)
+    assert seals.xid_set_predicate(seals.Window(1, 2**31), 5) == "r.xmin = ANY('{3,4}'::xid[])"
+    limit = seals.XID_SET_LIMIT
+    assert seals.xid_set_predicate(window, 1000 + limit) is not None
+    assert seals.xid_set_predicate(window, 1000 + limit + 1) is None
+    assert seals.xid_set_predicate(window, 999) is None  # a horizon behind the window
+    assert seals.xid_set_predicate(window, window.end + 1) is None
+    # A window reaching past 2^32: a row's raw xmin may be that of an xid from before the
+    # wrap, which the range's second part counts as fresh; the set would not.
+    late = seals.Window(2**31 + 10, 2**32 + 10)
+    assert seals.xid_set_predicate(late, late.start + 5) is None
+    assert seals.xid_set_predicate(seals.Window(2**31, 2**32), 2**31 + 5) is not None
+    # A cluster past 2^32 xids: raw xmins repeat, the set is not the range.
+    assert seals.xid_set_predicate(seals.Window(2**32 + 10, 2**32 + 2**31), 2**32 + 15) is None
+
+
+@postgres_only
+async def test_the_xid_set_counts_the_rows_the_window_counts(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """On real rows, inside one snapshot: the census scan's set of xids and the window's range
+    count the same rows of entries and transactions, for the last census's window (old and
+    fresh rows both present), a later one, and one that starts at the horizon (no rows)."""
+    books = await sealed(client, app)
+    census = await scalar(app, "SELECT census FROM ledger_seals ORDER BY high_water LIMIT 1")
+    a, b = books.members[0], books.members[1]
+    await post(client, books.id, books.admin, [(a.account_id, 5), (b.account_id, -5)])
+    await reconcile(client, books.platform)
+    later = await scalar(app, "SELECT census FROM ledger_seals ORDER BY high_water DESC LIMIT 1")
+    await post(client, books.id, books.admin, [(b.account_id, 3), (a.account_id, -3)])
+    async with app.state.engine.connect() as connection:
+        snapshot = await connection.execution_options(isolation_level="REPEATABLE READ")
+        async with snapshot.begin():
+            horizon = int(
+                await snapshot.scalar(
+                    text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+                )
+            )
+            first = seals.Window.of(census)
+            windows = [first, seals.Window(later["reference"], first.end)]
+            windows.append(seals.Window(horizon, horizon + 2**31))
+            for window in windows:
+                listed = seals.xid_set_predicate(window, horizon)
+                assert listed is not None
+                ranged, params = window.predicate("reference")
+                for table in ("entries", "transactions"):
+                    by_set, by_range, rows = (
+                        await snapshot.execute(
+                            text(
+                                f"SELECT count(*) FILTER (WHERE {listed}), "
+                                f"count(*) FILTER (WHERE {ranged}), count(*) FROM {table} r"
+                            ),
+                            params,
+                        )
+                    ).one()
+                    assert by_set == by_range, (window, table)
+                    if window is first:
+                        assert 0 < by_set < rows  # (old rows and fresh ones)
+                    if window.start == horizon:
+                        assert by_set == 0
+
+
+@postgres_only
+@pytest.mark.parametrize("predicate", ["xid set", "range"])
+async def test_the_census_scan_catches_a_rewrite_by_either_predicate(
+    client: AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch, predicate: str
+) -> None:
+    """A sealed row rewritten behind the service after the last census (a new xmin, in the
+    census's window) is counted as fresh by the census scan, whichever form its predicate
+    takes, so the old rows fall short of the census: caught, and verified in full."""
+    monkeypatch.setattr(seals, "XID_SET_LIMIT", 10**6 if predicate == "xid set" else -1)
+    scans: list[str] = []
+    count = seals._count
+
+    async def spy(connection: Any, predicates: dict[str, str], *args: Any) -> seals.Counts:
+        scans.append(predicates["fresh"])
+        return await count(connection, predicates, *args)
+
+    monkeypatch.setattr(seals, "_count", spy)
+    books = await sealed(client, app)
+    await seal_a_posting(client, books, 5)
+    await tamper(
+        app,
+        "UPDATE transactions SET memo = 'nothing to see' WHERE id = :id",
+        id=db_id(app, books.transfers[0]),
+    )
+    run = await reconcile(client, books.platform)
+    assert run["status"] == "failed"
+    assert verification(run)["mode"] == "full"
+    assert "rewritten or deleted" in verification(run)["reason"]
+    assert [("xmin = ANY" in scan) for scan in scans] == [predicate == "xid set"] * 2
 
 
 @postgres_only
@@ -1020,12 +1130,9 @@ async def test_a_fresh_entry_taking_an_old_version_breaks_the_chain_from_the_tot
     versions 1..n ending at the total): a fresh entry that claims an old version, or an old
     balance, is out of place there as in the full check."""
     books = await sealed(client, app)
-    a, b = books.members[0], books.members[1]
+    a = books.members[0]
     # Legitimate postings continue the chains: nothing to report.
-    await post(client, books.id, books.admin, [(a.account_id, 4), (b.account_id, -4)])
-    clean = await reconcile(client, books.platform)
-    assert clean["status"] == "passed", failing(clean)
-    assert verification(clean)["mode"] == "incremental"
+    await seal_a_posting(client, books, 4)
     found = await _a_forged_chain_break(
         client,
         app,

@@ -10,7 +10,10 @@ rows are exactly those SQLAlchemy writes.
 
 Writers of this process take turns on the application's SQLite write lock, as the general
 path's do (``app.core.database.get_session``); writers of other processes wait on
-SQLite's busy timeout.
+SQLite's busy timeout. Postings that arrive while the thread is busy queue up and go over
+together, in one turn of the lock and one hop (each still in its own transaction, in order):
+a hop and a lock hand-over per posting each waited for the event loop to get round to it,
+and the thread idled meanwhile.
 """
 
 from __future__ import annotations
@@ -99,6 +102,10 @@ _RECORD_OUTCOME = """
                                      response_body, transaction_id, created_at, expires_at)
     VALUES (?, ?, ?, ?, ?, 201, ?, ?, ?, ?)
 """
+# At most this many queued postings go to the thread in one turn of the write lock, so the
+# general path's writers wait for no more than these.
+MAX_POSTINGS_PER_TURN = 32
+_Queued = tuple[SinglePosting, "asyncio.Future[Outcome]"]
 _LEDGER_WRITER_ROLES = frozenset({MemberRole.coordinator.value, MemberRole.admin.value})
 
 
@@ -137,19 +144,52 @@ class SqliteSinglePoster:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sqlite")
         self._connection: sqlite3.Connection | None = None
         self._write_lock = write_lock  # the application's: shared with the general path
+        self._queue: list[_Queued] = []
+        self._drainer: asyncio.Task[None] | None = None
 
     async def post(self, posting: SinglePosting) -> Outcome:
-        async with self._write_lock:
-            running = asyncio.get_running_loop().run_in_executor(self._thread, self._post, posting)
-            try:
-                return await asyncio.shield(running)
-            except asyncio.CancelledError:
-                # The client went away; the posting still ends (committed or rolled back)
-                # before the next writer may begin.
-                await asyncio.wait([running])
-                raise
+        """Queues the posting for the poster's thread and waits for its outcome."""
+        loop = asyncio.get_running_loop()
+        queued: _Queued = (posting, loop.create_future())
+        self._queue.append(queued)
+        if self._drainer is None:
+            self._drainer = loop.create_task(self._drain())
+        try:
+            return await asyncio.shield(queued[1])
+        except asyncio.CancelledError:
+            # The client went away. A posting not begun is never posted; one begun still ends
+            # (committed or rolled back) before the next writer may begin.
+            if any(waiting is queued for waiting in self._queue):
+                self._queue.remove(queued)
+            else:
+                await asyncio.wait([queued[1]])
+                if not queued[1].cancelled():
+                    queued[1].exception()  # retrieved: the client is gone, not the error
+            raise
+
+    async def _drain(self) -> None:
+        """Hands the queued postings to the thread, as many as have queued up at a time, on
+        the write lock: one hop and one turn of the lock for them all, not one each."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queue:
+                batch = self._queue[:MAX_POSTINGS_PER_TURN]
+                del self._queue[:MAX_POSTINGS_PER_TURN]
+                postings = [posting for posting, _ in batch]
+                async with self._write_lock:
+                    running = loop.run_in_executor(self._thread, self._post_each, postings)
+                    outcomes = await asyncio.shield(running)
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if isinstance(outcome, Outcome):
+                        future.set_result(outcome)
+                    else:
+                        future.set_exception(outcome)
+        finally:
+            self._drainer = None
 
     async def close(self) -> None:
+        if self._drainer is not None:
+            await asyncio.wait([self._drainer])
         await asyncio.get_running_loop().run_in_executor(self._thread, self._disconnect)
         self._thread.shutdown(wait=True)
 
@@ -167,6 +207,16 @@ class SqliteSinglePoster:
             configure_sqlite_connection(connection, self._busy_timeout_ms)
             self._connection = connection
         return self._connection
+
+    def _post_each(self, postings: Sequence[SinglePosting]) -> list[Outcome | Exception]:
+        """Each posting in its own transaction, in order: its outcome or its refusal."""
+        outcomes: list[Outcome | Exception] = []
+        for posting in postings:
+            try:
+                outcomes.append(self._post(posting))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
 
     def _post(self, posting: SinglePosting) -> Outcome:
         db = self._db()

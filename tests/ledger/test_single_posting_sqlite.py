@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi import FastAPI
-from httpx import AsyncClient
+from httpx import AsyncClient, Response
 from sqlalchemy.engine import make_url
 
 from app.core.config import Settings
@@ -137,4 +137,68 @@ async def test_a_failure_after_the_entries_are_written_leaves_nothing_behind(
 
     other_process.execute("DROP TRIGGER fail_the_record")
     expect(await client.post(url, json=body, headers=headers), 201)
+    await check_books(app)
+
+
+async def test_postings_queued_behind_a_busy_thread_go_over_in_one_turn_and_each_stands_alone(
+    client: AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, body, headers = await _transfer(client, app)
+    entries = body["entries"]
+    assert isinstance(entries, list)
+    a, b = (entry["account_id"] for entry in entries)
+    overdraw: dict[str, object] = {
+        "entries": [{"account_id": a, "minutes": 500_000}, {"account_id": b, "minutes": -500_000}]
+    }
+    poster = app.state.single_poster
+    started, release = threading.Event(), threading.Event()
+    post_now, post_each_now = poster._post, poster._post_each
+    turns: list[int] = []
+
+    def hold_the_first(posting: SinglePosting) -> Outcome:
+        if not started.is_set():
+            started.set()
+            assert release.wait(10)
+        outcome: Outcome = post_now(posting)
+        return outcome
+
+    def count_turn(postings: list[SinglePosting]) -> list[Outcome | Exception]:
+        turns.append(len(postings))
+        outcomes: list[Outcome | Exception] = post_each_now(postings)
+        return outcomes
+
+    monkeypatch.setattr(poster, "_post", hold_the_first)
+    monkeypatch.setattr(poster, "_post_each", count_turn)
+
+    def send(key: str, payload: dict[str, object]) -> asyncio.Task[Response]:
+        return asyncio.create_task(
+            client.post(url, json=payload, headers={**headers, "Idempotency-Key": key})
+        )
+
+    first = send("k0", body)
+    assert await asyncio.to_thread(started.wait, 10)
+    # While the thread is busy: two postings, one over a balance cap, and one whose client leaves.
+    queued = [send("k1", body), send("k2", overdraw), send("k3", body)]
+    leaving = send("k4", body)
+    await asyncio.sleep(0.05)
+    leaving.cancel()
+    await asyncio.sleep(0.01)
+    release.set()
+
+    assert (await first).status_code == 201
+    one, overdrawn, three = await asyncio.gather(*queued)
+    assert (one.status_code, three.status_code) == (201, 201)
+    refused(overdrawn, 409, "over_balance_cap")
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    assert turns == [1, 3]  # the three that queued went over together; the one that left, never
+    assert [
+        one.json()["entries"][0]["balance_after"],
+        three.json()["entries"][0]["balance_after"],
+    ] == [80, 120]
+
+    # The posting whose client left was never made: its key is still free.
+    retried = await client.post(url, json=body, headers={**headers, "Idempotency-Key": "k4"})
+    assert retried.status_code == 201
+    assert "Idempotency-Replayed" not in retried.headers
     await check_books(app)

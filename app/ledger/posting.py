@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from operator import itemgetter
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, insert, literal, select, text, update
@@ -146,7 +147,9 @@ def content_hash(
     community_id: uuid.UUID,
     request: PostingRequest,
 ) -> str:
-    """A digest of what the transaction says, stored with it (seals chain these)."""
+    """A digest of what the transaction says, stored with it (seals chain these). Lines are
+    taken in the order of their account ids as text, which is the ids' own order (fixed-width
+    lower-case hex): sorted by the ids, without formatting each one twice."""
     parts = [
         str(transaction_id),
         str(community_id),
@@ -154,12 +157,12 @@ def content_hash(
         request.occurred_on.isoformat(),
         str(request.reverses_id or ""),
         request.memo,
-        *(
-            f"{account}:{minutes}"
-            for account, minutes in sorted(request.lines, key=lambda x: str(x[0]))
-        ),
+        *(f"{account}:{minutes}" for account, minutes in sorted(request.lines, key=_account)),
     ]
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+_account = itemgetter(0)
 
 
 async def post_transaction(

@@ -106,6 +106,11 @@ _CONNECTION_ENDING = (
     asyncpg.CrashShutdownError,
     asyncpg.CannotConnectNowError,
 )
+# The function's statements are key look-ups and writes whose best plans never depend on the
+# values. Left to choose, PostgreSQL kept planning some of them afresh on every call (a custom
+# plan's estimate beat the generic one's), and planning was about a fifth of the call's
+# database CPU (pgbench, 8 clients: 829 -> 670 us a call; forcing custom plans: 1,384 us).
+POSTER_SESSION_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
 # As the general pool's pool_recycle: before servers or proxies drop an idle connection.
 CONNECTION_RECYCLE_SECONDS = 1800.0
 
@@ -217,7 +222,7 @@ class PostgresSinglePoster:
         dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
         async def connect() -> asyncpg.Connection:
-            return await asyncpg.connect(dsn)
+            return await asyncpg.connect(dsn, server_settings=POSTER_SESSION_SETTINGS)
 
         return cls(connect, concurrency)
 

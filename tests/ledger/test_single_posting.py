@@ -253,6 +253,26 @@ def _posting(principal: str = "user:1") -> single_post.SinglePosting:
     return single_post.prepare(subject, community, key, data)
 
 
+@pytest.mark.postgres_only
+async def test_the_posters_sessions_plan_the_function_once_not_per_call(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """Left to choose, PostgreSQL re-planned some of the function's statements on every call,
+    about a fifth of its cost; the poster's own connections ask for generic plans."""
+    books = await open_books(IdentityApi(client, app), members=2, logins=False)
+    a, b = (m.account_id for m in books.members)
+    expect(
+        await client.post(
+            f"/v1/communities/{books.id}/transactions",
+            json={"entries": [{"account_id": a, "minutes": 5}, {"account_id": b, "minutes": -5}]},
+            headers={**books.admin.headers, "Idempotency-Key": "plan-1"},
+        ),
+        201,
+    )
+    [(connection, _)] = app.state.single_poster._idle
+    assert await connection.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+
+
 @pytest.mark.parametrize(
     ("error", "answer", "kept"),
     [

@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -37,6 +37,10 @@ from app.models import Entry, LedgerSeal, Transaction
 BLOCK_SIZE = 10_000
 GENESIS = "0" * 64
 IN_FLIGHT_WAIT_SECONDS = 10.0
+# The run's snapshot, and each connection that shares it, sorts and hashes in memory.
+SNAPSHOT_WORK_MEM = "128MB"
+
+T = TypeVar("T")
 
 
 def canonical_entry(row: Any) -> bytes:
@@ -773,6 +777,41 @@ _ROWS = text(
 _SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9A-F]+)?")
 
 
+async def beside(
+    session: AsyncSession, work: Callable[[AsyncConnection], Awaitable[T]]
+) -> asyncio.Task[T]:
+    """Start ``work`` on another connection that shares the run's snapshot
+    (pg_export_snapshot, then SET TRANSACTION SNAPSHOT): it sees exactly the rows the run's
+    own connection sees, while that connection goes on with other work. The snapshot is
+    exported once per run (it stays valid while the run's transaction is open)."""
+    snapshot = session.info.get("exported_snapshot")
+    if snapshot is None:
+        snapshot = str(await session.scalar(text("SELECT pg_export_snapshot()")))
+        if not _SNAPSHOT_ID.fullmatch(snapshot):
+            raise RuntimeError(f"unexpected snapshot id {snapshot!r}")
+        session.info["exported_snapshot"] = snapshot
+    bind = session.bind
+    assert isinstance(bind, AsyncConnection)
+
+    async def run() -> T:
+        async with bind.engine.connect() as connection:
+            shared = await connection.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+            async with shared.begin():
+                await shared.execute(text(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))
+                await shared.execute(
+                    text(
+                        "SELECT set_config('work_mem', :work_mem, true), "
+                        "set_config('jit', 'off', true)"
+                    ),
+                    {"work_mem": SNAPSHOT_WORK_MEM},
+                )
+                return await work(shared)
+
+    return asyncio.ensure_future(run())
+
+
 async def _count_beside(
     session: AsyncSession,
     predicates: dict[str, str],
@@ -780,32 +819,30 @@ async def _count_beside(
     nested: bool,
     exchanges: bool,
 ) -> asyncio.Task[Counts]:
-    """Start the census scan on a second connection that shares the run's snapshot
-    (pg_export_snapshot): the run checks the fresh rows meanwhile, and confirm_plan waits for
-    the counts before anything it found is trusted."""
-    snapshot = str(await session.scalar(text("SELECT pg_export_snapshot()")))
-    if not _SNAPSHOT_ID.fullmatch(snapshot):
-        raise RuntimeError(f"unexpected snapshot id {snapshot!r}")
-    bind = session.bind
-    assert isinstance(bind, AsyncConnection)
+    """Start the census scan beside the run: the run checks the fresh rows meanwhile, and
+    confirm_plan waits for the counts before anything it found is trusted."""
 
-    async def count() -> Counts:
-        async with bind.engine.connect() as connection:
-            beside = await connection.execution_options(
-                isolation_level="REPEATABLE READ", postgresql_readonly=True
-            )
-            async with beside.begin():
-                await beside.execute(text(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))
-                await beside.execute(text("SET LOCAL jit = off"))
-                return await _count(beside, predicates, params, nested, exchanges)
+    async def count(connection: AsyncConnection) -> Counts:
+        return await _count(connection, predicates, params, nested, exchanges)
 
-    return asyncio.ensure_future(count())
+    return await beside(session, count)
+
+
+async def digest_span_beside(session: AsyncSession, low: int, high: int) -> asyncio.Task[SealSpan]:
+    """digest_span on another connection that shares the run's snapshot (``beside``), while
+    the run checks: the same rows, so the same digests."""
+
+    async def digest(connection: AsyncConnection) -> SealSpan:
+        async with AsyncSession(bind=connection) as shared:
+            return await digest_span(shared, low, high)
+
+    return await beside(session, digest)
 
 
 class CensusCount:
-    """The census scan beside the run (_count_beside), started when the run says so (start):
-    after the checks that look rows up one by one through indexes, which the scan, filling
-    both cores, slowed most. Waiting for the counts starts it, should nobody have."""
+    """The census scan beside the run (_count_beside), started when the plan says so (start):
+    once the fresh rows are fetched through indexes, which the scan, filling both cores,
+    slowed most. Waiting for the counts starts it, should nobody have."""
 
     def __init__(self, begin: Callable[[], Awaitable[asyncio.Task[Counts]]]) -> None:
         self._begin = begin  # _count_beside with its arguments
@@ -971,11 +1008,6 @@ class Plan:
         if self.fresh is not None and self.fresh.counted is not None:
             self.fresh.counted.cancel()
 
-    async def start_census(self) -> None:
-        """Start the census scan beside the checks, if the plan has one waiting."""
-        if self.provisional is not None and self.fresh is not None and self.fresh.counted:
-            await self.fresh.counted.start()
-
     def as_dict(self) -> dict[str, Any]:
         report: dict[str, Any] = {"mode": self.mode, "reason": self.reason}
         if self.fresh is not None:
@@ -1050,7 +1082,9 @@ async def plan_verification(
     # (A census from before censuses counted their exchange transactions: count them.)
     count_exchanges = "exchanges" not in census["transactions"]
     # The fresh rows are fetched before the census scan starts (CensusCount): their index
-    # look-ups, beside a scan that fills both cores, took up to ten times as long.
+    # look-ups, beside a scan that fills both cores, took up to ten times as long. The scan
+    # then starts at once, beside the plan's bookkeeping and the checks, which work mostly in
+    # Python on the rows fetched (the fresh transactions) or in one statement each.
     seed = await _census_seed(
         session,
         window,
@@ -1064,6 +1098,7 @@ async def plan_verification(
         )
     )
     try:
+        await counting.start()
         plan = await _decide(session, last_seal, seed, counting, reference_now is not None)
     except BaseException:
         counting.cancel()

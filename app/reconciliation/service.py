@@ -12,6 +12,7 @@ it nor confuse it (docs/seals.md):
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -36,7 +37,6 @@ from app.reconciliation.findings import CheckResult
 
 logger = logging.getLogger("timebank.reconciliation")
 
-SNAPSHOT_WORK_MEM = "128MB"
 PROGRESS_EVERY = 0.5  # seconds
 
 
@@ -96,7 +96,7 @@ async def read_snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
                     text(
                         "SELECT set_config('work_mem', :work_mem, true), set_config('jit', 'off', true)"
                     ),
-                    {"work_mem": SNAPSHOT_WORK_MEM},
+                    {"work_mem": seals.SNAPSHOT_WORK_MEM},
                 )
             yield session
 
@@ -221,14 +221,25 @@ async def _run_checks(
         high_water, settled = await seals.settled_high_water(connection)
         reference = await seals.census_reference(connection)
     steps = len(CHECKS) + 2
+    postgresql = engine.dialect.name == "postgresql"
     async with read_snapshot(engine) as snapshot:
+        span_beside: asyncio.Task[seals.SealSpan] | None = None
         if community_id is None:
             latest = await snapshot.scalar(
                 select(LedgerSeal).order_by(LedgerSeal.high_water.desc()).limit(1)
             )
-            plan = await seals.plan_verification(
-                snapshot, latest, full_requested, reference, full_every
-            )
+            beside_low = latest.high_water if latest else 0
+            if seal_requested and settled and high_water > beside_low and postgresql:
+                # The new seal's span, digested beside while the run plans and checks (the
+                # same rows in the same snapshot; used only if every check passes).
+                span_beside = await seals.digest_span_beside(snapshot, beside_low, high_water)
+            try:
+                plan = await seals.plan_verification(
+                    snapshot, latest, full_requested, reference, full_every
+                )
+            except BaseException:
+                _discard(span_beside)
+                raise
         else:
             plan = seals.Plan("full", "A run for one community checks all of its rows.")
         progress = _Progress(sessionmaker, run_id)
@@ -240,9 +251,10 @@ async def _run_checks(
             low = last_seal.high_water if last_seal else 0
             sealing = seal_requested and community_id is None and settled and high_water > low
             if sealing and _passed(results, tampering):
-                # The new seal's span, digested while the census scan is still counting (the
-                # same rows whatever the counts say; used only if every check passes).
-                span = await seals.digest_span(snapshot, low, high_water)
+                if span_beside is not None and beside_low == low:
+                    span = await span_beside
+                else:  # (SQLite: digested now, in Python)
+                    span = await seals.digest_span(snapshot, low, high_water)
             # An incremental plan is made while the census scan still counts, beside: the
             # checks above ran meanwhile. Should the counts not bear the plan out, check again.
             confirmed = await seals.confirm_plan(snapshot, plan)
@@ -255,6 +267,9 @@ async def _run_checks(
                 )
         finally:
             plan.abandon()
+            _discard(span_beside)  # (unused: the checks failed, or raised)
+            if span_beside is not None:
+                span_beside.cancel()  # (not waited for: the checks failed, or raised)
         await progress.report(int(100 * (steps - 1) / steps))
         passed = _passed(results, tampering)
         census = account_totals = None
@@ -328,6 +343,12 @@ async def _run_checks(
     }
 
 
+def _discard(task: asyncio.Task[Any] | None) -> None:
+    """Stop work started beside that the run will not use (a no-op once it is done)."""
+    if task is not None and not task.cancel() and not task.cancelled():
+        task.exception()  # (retrieved, so that asyncio does not log it as lost)
+
+
 def _passed(results: list[CheckResult], tampering: list[seals.TamperReport]) -> bool:
     return all(r.passed for r in results) and not tampering
 
@@ -340,10 +361,6 @@ async def _check(
     results = []
     for index, check in enumerate(CHECKS, start=1):
         results.append(await check(snapshot, community_id, plan.fresh))
-        if index == 1:
-            # The census scan starts beside the checks once the fresh transactions, looked up
-            # one by one through indexes, are checked (the scan slowed them most).
-            await plan.start_census()
         await progress.report(int(100 * index / steps))
     if community_id is None:
         tampering, last_seal, verified = await seals.verify_chain(snapshot, plan.fresh)

@@ -3,6 +3,7 @@ must give the same digests, so a seal made on one verifies on the other."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -11,9 +12,10 @@ from httpx import AsyncClient
 from sqlalchemy import func, select, text
 
 from app.models import Entry
-from app.reconciliation import checks, seals
+from app.reconciliation import checks, seals, service
 from app.reconciliation.findings import CheckResult
-from app.reconciliation.service import SNAPSHOT_WORK_MEM, read_snapshot
+from app.reconciliation.seals import SNAPSHOT_WORK_MEM
+from app.reconciliation.service import read_snapshot
 from tests.reconciliation.helpers import db_id, insert_transaction, scenario, tamper
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres_only]
@@ -88,3 +90,39 @@ async def test_the_snapshot_sets_its_settings_for_its_own_transaction(app: FastA
         assert await connection.scalar(text("SELECT current_setting('work_mem')")) != (
             SNAPSHOT_WORK_MEM
         )
+
+
+async def test_the_span_digested_beside_is_the_runs_snapshot(
+    client: AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new seal's span is digested on another connection while the run checks: it shares
+    the run's snapshot, so an entry rewritten behind the service after the snapshot began is
+    digested as the run's own connection sees it, not as it is now."""
+    await scenario(client, app)
+    monkeypatch.setattr(seals, "BLOCK_SIZE", 3)
+    async with read_snapshot(app.state.engine) as session:
+        high = int(await session.scalar(select(func.max(Entry.id))) or 0)
+        await tamper(app, "UPDATE entries SET amount = amount + 1 WHERE id = 2")
+        beside = await seals.digest_span_beside(session, 1, high)  # (started after it)
+        assert await beside == await seals.digest_span(session, 1, high)
+    async with read_snapshot(app.state.engine) as session:
+        assert await beside != await seals.digest_span(session, 1, high)
+
+
+async def test_work_started_beside_and_not_used_is_stopped_or_let_go() -> None:
+    """Work the run will not use (a span digested beside a run whose checks failed) is
+    cancelled while it runs; should it have failed already, its error is taken, not logged
+    as lost."""
+
+    async def fails() -> None:
+        raise RuntimeError("gone")
+
+    failed = asyncio.ensure_future(fails())
+    await asyncio.sleep(0)
+    running = asyncio.ensure_future(asyncio.sleep(10))
+    for task in (failed, running, None):
+        service._discard(task)
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert failed.done()
+    assert isinstance(failed.exception(), RuntimeError)

@@ -171,14 +171,18 @@ class SqliteSinglePoster:
         """Hands the queued postings to the thread, as many as have queued up at a time, on
         the write lock: one hop and one turn of the lock for them all, not one each."""
         loop = asyncio.get_running_loop()
+        batch: list[_Queued] = []
         try:
             while self._queue:
                 batch = self._queue[:MAX_POSTINGS_PER_TURN]
                 del self._queue[:MAX_POSTINGS_PER_TURN]
                 postings = [posting for posting, _ in batch]
-                async with self._write_lock:
-                    running = loop.run_in_executor(self._thread, self._post_each, postings)
-                    outcomes = await asyncio.shield(running)
+                try:
+                    async with self._write_lock:
+                        running = loop.run_in_executor(self._thread, self._post_each, postings)
+                        outcomes: list[Outcome | Exception] = await asyncio.shield(running)
+                except Exception as exc:  # the thread could not take them (it was shut down)
+                    outcomes = [exc] * len(batch)
                 for (_, future), outcome in zip(batch, outcomes, strict=True):
                     if isinstance(outcome, Outcome):
                         future.set_result(outcome)
@@ -186,6 +190,9 @@ class SqliteSinglePoster:
                         future.set_exception(outcome)
         finally:
             self._drainer = None
+            for _, future in [*batch, *self._queue]:  # ended early (the loop is closing)
+                future.cancel()  # no-op for the futures already answered
+            self._queue.clear()
 
     async def close(self) -> None:
         if self._drainer is not None:

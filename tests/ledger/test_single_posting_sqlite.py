@@ -202,3 +202,24 @@ async def test_postings_queued_behind_a_busy_thread_go_over_in_one_turn_and_each
     assert retried.status_code == 201
     assert "Idempotency-Replayed" not in retried.headers
     await check_books(app)
+
+
+async def test_a_thread_that_cannot_take_the_postings_fails_them_and_the_next_are_taken(
+    client: AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, body, headers = await _transfer(client, app)
+    before = await books_snapshot(app)
+    poster = app.state.single_poster
+    post_each_now = poster._post_each
+
+    def refuse(postings: list[SinglePosting]) -> list[Outcome | Exception]:
+        raise RuntimeError("cannot schedule new futures after shutdown")
+
+    monkeypatch.setattr(poster, "_post_each", refuse)
+    failed = await client.post(url, json=body, headers=headers)
+    assert failed.status_code == 500  # answered, not left waiting
+    assert await books_snapshot(app) == before
+
+    monkeypatch.setattr(poster, "_post_each", post_each_now)
+    expect(await client.post(url, json=body, headers=headers), 201)
+    await check_books(app)

@@ -585,11 +585,18 @@ async def reversals(
         )
         known = {t for t, kind in kinds.items() if kind == TransactionKind.reversal.value}
         ids = list(known | set(found.scalars()))
-        if not ids:
+        if not ids and not fresh.reversed_ids:
             return result
         scope = _among(Transaction.id, ids)
-        twice_scope = Transaction.reverses_id.in_(
-            select(Transaction.reverses_id).where(_among(Transaction.id, ids))
+        # An original named by more than one row now is named by a fresh row (the rows the
+        # sealing run saw named each original once at most): the originals that fresh rows
+        # name, whatever their kind (the count, as in full, does not ask), and those the
+        # reversals found name.
+        twice_scope = or_(
+            Transaction.reverses_id.in_(
+                select(Transaction.reverses_id).where(_among(Transaction.id, ids))
+            ),
+            _among(Transaction.reverses_id, sorted(fresh.reversed_ids)),
         )
     rows = await session.execute(
         select(Transaction.id, Transaction.reverses_id, original.c.id, original.c.kind)

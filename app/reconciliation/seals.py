@@ -986,6 +986,8 @@ class Fresh:
     # (entries_read). The other fresh transactions are looked up again.
     transactions_read: dict[uuid.UUID, Any] = field(default_factory=dict)
     entries_read: list[Any] = field(default_factory=list)
+    # The originals that fresh transaction rows name (reverses_id), whatever their kind.
+    reversed_ids: set[uuid.UUID] = field(default_factory=set)
 
 
 @dataclass
@@ -1249,6 +1251,9 @@ async def _decide(
                     if r["id"] in kinds and r["id"] not in listed
                 },
                 entries_read=entries,
+                reversed_ids={
+                    r["reverses_id"] for r in fresh_transactions if r["reverses_id"] is not None
+                },
             ),
             full_verified_at=full_verified_at,
             census_seed=seed if keep_seed else None,

@@ -729,6 +729,39 @@ async def test_fresh_reversals_are_checked_by_the_kind_the_plan_read(
 
 
 @postgres_only
+async def test_a_fresh_row_of_another_kind_naming_a_reversed_original_is_named_incrementally(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """With the constraints that tie reverses_id to reversals dropped, a row of another kind
+    written behind the service names an original that an old reversal reverses already: the
+    full check counts the original as reversed twice, and so does the incremental one (the
+    originals that fresh rows name are counted, whatever the rows' kind)."""
+    books = await sealed(client, app)
+    reversed_before = books.transfers[1]  # (reversed through the API by the scenario)
+    await tamper(
+        app,
+        "ALTER TABLE transactions DROP CONSTRAINT ck_transactions_reversal_has_original",
+        "ALTER TABLE transactions DROP CONSTRAINT uq_transactions_reverses_id",
+    )
+    a, b = books.members[0], books.members[1]
+    await insert_transaction(
+        app,
+        books.id,
+        "transfer",
+        [(a.account_id, 2), (b.account_id, -2)],
+        reverses_id=reversed_before,
+    )
+    run = await reconcile(client, books.platform)
+    assert verification(run)["mode"] == "incremental"
+    found = failing(run)
+    assert set(found) == {"reversals"}
+    [twice] = found["reversals"]
+    assert twice["rows"]["transaction_id"] == reversed_before
+    assert twice["found"] == 2
+    assert _findings(run) == _findings(await reconcile(client, books.platform, full=True))
+
+
+@postgres_only
 @pytest.mark.parametrize(
     ("setting", "reason"),
     [

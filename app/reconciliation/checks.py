@@ -27,6 +27,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    union,
     union_all,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -592,11 +593,13 @@ async def reversals(
         # sealing run saw named each original once at most): the originals that fresh rows
         # name, whatever their kind (the count, as in full, does not ask), and those the
         # reversals found name.
-        twice_scope = or_(
-            Transaction.reverses_id.in_(
-                select(Transaction.reverses_id).where(_among(Transaction.id, ids))
-            ),
-            _among(Transaction.reverses_id, sorted(fresh.reversed_ids)),
+        # (One IN over a union, not an OR of two: an OR would cost a scan of transactions.)
+        named = bindparam(None, sorted(fresh.reversed_ids), type_=ARRAY(Uuid()))
+        twice_scope = Transaction.reverses_id.in_(
+            union(
+                select(Transaction.reverses_id).where(_among(Transaction.id, ids)),
+                select(func.unnest(named)),
+            )
         )
     rows = await session.execute(
         select(Transaction.id, Transaction.reverses_id, original.c.id, original.c.kind)

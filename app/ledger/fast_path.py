@@ -23,7 +23,6 @@ import re
 
 from fastapi.routing import APIRoute
 from fastapi.security.utils import get_authorization_scheme_param
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -111,7 +110,7 @@ class SinglePostingFastPath:
             return None
         try:
             data = TransactionCreate.model_validate(json.loads(body))
-        except (ValueError, ValidationError):  # json.JSONDecodeError is a ValueError
+        except Exception:  # not JSON, too deeply nested (RecursionError), or not valid
             return None
         return subject, CommunityRef(id=community_id, as_written=raw_community), key_header, data
 

@@ -216,17 +216,23 @@ async def test_through_the_service_both_answers_carry_the_request_context(
     posted = await client.post(path, json=body, headers={**headers, "Idempotency-Key": "k1"})
     replayed = await client.post(path, json=body, headers={**headers, "Idempotency-Key": "k1"})
     keyless = await client.post(path, json=body, headers=headers)  # the route refuses it
+    deep = await client.post(
+        path,
+        content=b"[" * 100_000,
+        headers={**headers, "Idempotency-Key": "k2", "Content-Type": "application/json"},
+    )
     counts = _request_counts((await client.get("/metrics")).text)
 
     assert posted.status_code == 201
     assert replayed.headers["idempotency-replayed"] == "true"
     assert replayed.json() == posted.json()
     refused(keyless, 400, "idempotency_key_required")
+    assert deep.status_code == 400, deep.text  # refused by the route, never a 500
     for answer in (posted, keyless):
         assert answer.headers["x-request-id"] == "fast-1"
         assert answer.headers["x-content-type-options"] == "nosniff"
     assert counts[("POST", ROUTE_PATH, "201")] == 2
-    assert counts[("POST", ROUTE_PATH, "400")] == 1
+    assert counts[("POST", ROUTE_PATH, "400")] == 2  # the keyless and the deep one
     assert await balance(client, first.account_id, books.coordinator) == 15
     await check_books(app)
 
@@ -252,6 +258,7 @@ def _changed(harness: Harness, **changes: str | None) -> dict[str, Any]:
         ("malformed JSON", lambda h: {"chunks": [b'{"entries": [']}),
         ("a body that does not validate", lambda h: {"chunks": [b'{"entries": 5}']}),
         ("a JSON list", lambda h: {"chunks": [b"[]"]}),
+        ("JSON nested too deep to parse", lambda h: {"chunks": [b"[" * 100_000]}),
         ("an unknown field", lambda h: {"chunks": [BODY[:-1].encode() + b', "x": 1}']}),
         (
             "two keys",

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from httpx import AsyncClient
 from sqlalchemy import text
 
-from app.reconciliation import service
+from app.reconciliation import seals, service
 from app.reconciliation.checks import CHECKS
 from tests.factories import Actor, Api, expect
 from tests.ledger.helpers import post
@@ -160,3 +160,30 @@ async def test_a_run_sets_the_heap_aside_and_gives_it_back(
         assert gc.get_freeze_count() > 0  # (not given back: the run did not freeze them)
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.postgres_only
+async def test_a_run_whose_plan_fails_stops_the_span_digest_it_started(
+    client: AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sealing run digests the new span beside from before its plan; should the plan fail,
+    the run is stored as an error and the digest is stopped, not left running."""
+    platform, _ = await books(client, app)
+    started: list[Any] = []
+    digest_beside = seals.digest_span_beside
+
+    async def spy(*args: Any) -> Any:
+        task = await digest_beside(*args)
+        started.append(task)
+        return task
+
+    async def fails(*args: Any) -> Any:
+        raise RuntimeError("the plan failed")
+
+    monkeypatch.setattr(seals, "digest_span_beside", spy)
+    monkeypatch.setattr(seals, "plan_verification", fails)
+    run = await reconcile(client, platform)
+    assert run["status"] == "error"
+    assert "the plan failed" in run["report"]["error"]
+    [task] = started
+    assert task.cancelled()

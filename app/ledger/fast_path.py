@@ -4,7 +4,7 @@ The route is the ledger's hot path, and most of a worker's time on it went to ro
 dependency solving around four lines of work: for a well-formed request, a worker spent more
 on matching the path among every route, resolving the route's dependencies and wrapping the
 endpoint than on the posting. This ASGI middleware answers such a request itself, calling the
-same functions as the route (``answer_single_posting``); the route stays the contract (its
+same function as the route (``single_post.answer``); the route stays the contract (its
 OpenAPI, its validation) and still answers everything else.
 
 It takes a request only when everything the route would check before the database holds:
@@ -31,9 +31,9 @@ from app.access.principal import TokenSubject, token_subject
 from app.core.errors import DomainError, domain_error_response
 from app.core.ids import parse_id
 from app.core.security import TokenService
-from app.ledger.router import answer_single_posting
 from app.ledger.router import router as ledger_router
 from app.ledger.schemas import TransactionCreate
+from app.ledger.single_post import answer
 
 ROUTE_PATH = "/v1/communities/{community_id}/transactions"
 _PATH = re.compile(r"/v1/communities/([0-9A-Za-z-]{1,64})/transactions")
@@ -68,7 +68,7 @@ class SinglePostingFastPath:
         app_state = scope["app"].state
         scope["route"] = self.route  # what the metrics and access log label the request by
         try:
-            response = await answer_single_posting(
+            response = await answer(
                 app_state.single_poster, subject, community, key_header, body, scope["path"]
             )
         except DomainError as exc:

@@ -15,7 +15,6 @@ from pydantic import AwareDatetime, BaseModel
 from app.access.community import (
     CommunityAccess,
     CommunityInPath,
-    CommunityRef,
     MemberAccess,
     NotAMember,
     community_guard,
@@ -29,7 +28,7 @@ from app.access.errors import (
     MemberNotFound,
     MembershipInactive,
 )
-from app.access.principal import CurrentTokenSubject, TokenSubject
+from app.access.principal import CurrentTokenSubject
 from app.core.database import DbSession
 from app.core.errors import IdempotencyKeyRequired, InvalidCursor, Unprocessable, error_responses
 from app.core.pagination import Page, Pagination
@@ -46,7 +45,6 @@ from app.ledger.idempotent_http import (
     RequiredIdempotencyHeader,
     idempotency_key,
     idempotent_reply,
-    request_key,
 )
 from app.ledger.schemas import (
     AccountLimitsUpdate,
@@ -214,23 +212,9 @@ async def create_transaction(
     key_header: RequiredIdempotencyHeader,
 ) -> Response:
     # Well-formed requests are answered by app/ledger/fast_path.py, with the same function.
-    return await answer_single_posting(
+    return await single_post.answer(
         request.app.state.single_poster, subject, community, key_header, body, request.url.path
     )
-
-
-async def answer_single_posting(
-    poster: single_post.SinglePoster,
-    subject: TokenSubject,
-    community: CommunityRef,
-    key_header: str,
-    body: TransactionCreate,
-    path: str,
-) -> Response:
-    """The hot path: access, key, checks and writes in one call (app/ledger/single_post.py)."""
-    key = request_key(subject, key_header, "POST", path, body)
-    posting = single_post.prepare(subject, community, key, body)
-    return idempotent_reply(await poster.post(posting))
 
 
 @router.post(

@@ -47,6 +47,7 @@ from typing import Any, Protocol
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.responses import Response
 
 from app.access.community import (
     CommunityRef,
@@ -70,6 +71,7 @@ from app.ledger.idempotency import (
     key_taken_concurrently,
     lock_id,
 )
+from app.ledger.idempotent_http import idempotent_reply, request_key
 from app.ledger.posting import (
     PostedTransaction,
     PostingRequest,
@@ -170,6 +172,20 @@ def prepare(
         entries=(),
     )
     return SinglePosting(subject, community, key, data, now, request, transaction, None)
+
+
+async def answer(
+    poster: SinglePoster,
+    subject: TokenSubject,
+    community: CommunityRef,
+    key_header: str,
+    body: TransactionCreate,
+    path: str,
+) -> Response:
+    """The answer to ``POST /v1/communities/{community_id}/transactions``, for the route and
+    for the fast path (app/ledger/fast_path.py): access, key, checks and writes in one call."""
+    key = request_key(subject, key_header, "POST", path, body)
+    return idempotent_reply(await poster.post(prepare(subject, community, key, body)))
 
 
 class SinglePoster(Protocol):

@@ -159,8 +159,9 @@ class SqliteSinglePoster:
         except asyncio.CancelledError:
             # The client went away. A posting not begun is never posted; one begun still ends
             # (committed or rolled back) before the next writer may begin.
-            if any(waiting is queued for waiting in self._queue):
-                self._queue.remove(queued)
+            begun = all(waiting is not queued for waiting in self._queue)
+            if not begun:
+                self._queue = [waiting for waiting in self._queue if waiting is not queued]
             else:
                 await asyncio.wait([queued[1]])
                 if not queued[1].cancelled():

@@ -9,10 +9,11 @@ A posting is a balanced set of signed minute amounts on accounts of one communit
 3. applies each posting to the locked balances in memory, refusing one that takes an account
    past a limit (unless it moves an out-of-range balance toward its range);
 4. writes transactions, entries and account totals in one statement on PostgreSQL (arrays
-   through ``unnest``) and three bulk statements on SQLite.
+   through ``unnest``) and three bulk statements on SQLite, ``WRITE_CHUNK`` postings at a
+   time: the database writes one chunk while the engine applies the next.
 
 Many postings go through one call (the batch route, imports), so a thousand transfers cost
-one to three statements, not three thousand. On PostgreSQL a single posting from the HTTP
+a handful of statements, not three thousand. On PostgreSQL a single posting from the HTTP
 route takes ``app/ledger/single_post.py`` instead, which states these rules again in one
 database function. On PostgreSQL a deadlock or serialization failure rolls
 back to a savepoint and the engine retries a bounded number of times.
@@ -20,16 +21,18 @@ back to a savepoint and the engine retries a bounded number of times.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from operator import itemgetter
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, literal, select, text, update
+from sqlalchemy import Executable, Table, bindparam, insert, literal, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -43,6 +46,9 @@ MAX_ENTRY_MINUTES = 10_000 * 60  # 10,000 hours: larger is a typo, not a trade
 MAX_ENTRIES_PER_TRANSACTION = 100
 RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock_detected, serialization_failure
 MAX_ATTEMPTS = 4
+# Postings per write statement in a batch: the database writes one chunk while this process
+# applies the next (see _lock_apply_write).
+WRITE_CHUNK = 200
 
 _accounts = cast(Table, Account.__table__)
 _entries = cast(Table, Entry.__table__)
@@ -111,7 +117,6 @@ class AccountState:
     earned_total: int
     spent_total: int
     updated_at: datetime  # every posting sets it to its own time
-    touched: bool = False
 
 
 def check_shape(request: PostingRequest) -> None:
@@ -183,11 +188,17 @@ async def post_transactions(
     *,
     poster: Poster,
     atomic: bool,
+    while_writing: Callable[[Sequence[PostingOutcome]], None] | None = None,
 ) -> list[PostingOutcome]:
     """Post many transactions in order.
 
     ``atomic``: the first refusal raises and nothing is written. Otherwise each refused request
     is reported in its outcome and the others are posted.
+
+    ``while_writing`` is given the outcomes of each chunk of requests that passed the shape
+    check while the database writes that chunk (a caller renders its response there, for no
+    extra wall time). They become final only when this call returns: a later refusal of an
+    atomic call discards them, and a retry after a deadlock gives every request again.
     """
     outcomes: dict[int, PostingOutcome] = {}
     valid: list[tuple[int, PostingRequest]] = []
@@ -214,9 +225,13 @@ async def post_transactions(
         try:
             if use_savepoint:
                 async with session.begin_nested():
-                    posted = await _lock_apply_write(session, community, valid, poster, atomic)
+                    posted = await _lock_apply_write(
+                        session, community, valid, poster, atomic, while_writing
+                    )
             else:
-                posted = await _lock_apply_write(session, community, valid, poster, atomic)
+                posted = await _lock_apply_write(
+                    session, community, valid, poster, atomic, while_writing
+                )
             break
         except IntegrityError:
             raise
@@ -236,46 +251,79 @@ async def _lock_apply_write(
     requests: list[tuple[int, PostingRequest]],
     poster: Poster,
     atomic: bool,
+    while_writing: Callable[[Sequence[PostingOutcome]], None] | None,
 ) -> dict[int, PostingOutcome]:
+    """Lock, then apply and write ``WRITE_CHUNK`` postings at a time.
+
+    Each chunk's write is sent before the next chunk is applied, so the database writes one
+    chunk while this process applies the next (and ``while_writing`` renders the one in
+    flight): on two cores a 1,000-posting batch costs about the longer of the two, not their
+    sum. One statement is in flight at a time (one connection), every chunk in the caller's
+    transaction: a refusal in a later chunk of an atomic batch rolls the earlier ones back.
+    """
     # Locked in ascending id order by the statement itself (ORDER BY id), not by this list.
     account_ids = list({account for _, r in requests for account, _ in r.lines})
     states = await _lock_accounts(session, community, account_ids)
 
     outcomes: dict[int, PostingOutcome] = {}
-    written: list[PostedTransaction] = []
     posted_at = posting_time(utcnow(), states.values())
     transaction_ids = iter(new_ids(len(requests)))
-    for index, request in requests:
-        try:
-            check_accounts_known(request, states, community.slug)
-            entries = apply_posting(request, states)
-        except errors.LedgerError as exc:
-            if atomic:
-                exc.index = index
-                raise
-            outcomes[index] = PostingOutcome(index=index, error=exc)
-            continue
-        transaction_id = next(transaction_ids)
-        posted = PostedTransaction(
-            id=transaction_id,
-            community_id=community.id,
-            kind=request.kind,
-            memo=request.memo,
-            occurred_on=request.occurred_on,
-            details=dict(request.details),
-            posted_at=posted_at,
-            posted_by_user_id=poster.user_id,
-            posted_by_client_id=poster.client_id,
-            reverses_id=request.reverses_id,
-            content_hash=content_hash(transaction_id, community.id, request),
-            entries=entries,
-        )
-        outcomes[index] = PostingOutcome(index=index, posted=posted)
-        written.append(posted)
-
-    if written:
-        touched = [s for s in states.values() if s.touched]
-        await _write(session, written, touched, posted_at)
+    is_postgres = session.get_bind().dialect.name == "postgresql"
+    in_flight: asyncio.Task[None] | None = None
+    try:
+        for start in range(0, len(requests), WRITE_CHUNK):
+            chunk: list[PostingOutcome] = []
+            written: list[PostedTransaction] = []
+            for index, request in requests[start : start + WRITE_CHUNK]:
+                try:
+                    check_accounts_known(request, states, community.slug)
+                    entries = apply_posting(request, states)
+                except errors.LedgerError as exc:
+                    if atomic:
+                        exc.index = index
+                        raise
+                    chunk.append(PostingOutcome(index=index, error=exc))
+                    continue
+                transaction_id = next(transaction_ids)
+                posted = PostedTransaction(
+                    id=transaction_id,
+                    community_id=community.id,
+                    kind=request.kind,
+                    memo=request.memo,
+                    occurred_on=request.occurred_on,
+                    details=dict(request.details),
+                    posted_at=posted_at,
+                    posted_by_user_id=poster.user_id,
+                    posted_by_client_id=poster.client_id,
+                    reverses_id=request.reverses_id,
+                    content_hash=content_hash(transaction_id, community.id, request),
+                    entries=entries,
+                )
+                chunk.append(PostingOutcome(index=index, posted=posted))
+                written.append(posted)
+            if in_flight is not None:
+                await in_flight
+                in_flight = None
+            if written:
+                # The statements carry the accounts' states as of this chunk's end, taken now,
+                # before the next chunk changes them.
+                touched = {e.account_id: states[e.account_id] for t in written for e in t.entries}
+                statements = _write_statements(is_postgres, written, touched.values(), posted_at)
+                in_flight = asyncio.create_task(_execute(session, statements))
+                await asyncio.sleep(0)  # let it send before this process gets busy again
+            if while_writing is not None:
+                while_writing(chunk)
+            outcomes.update((outcome.index, outcome) for outcome in chunk)
+        if in_flight is not None:
+            await in_flight
+            in_flight = None
+    finally:
+        if in_flight is not None:
+            # A refusal (or an error) while a chunk was being written: the write must finish
+            # before the caller rolls back on this connection. Its own failure, if any, is
+            # moot: the caller's exception rolls the whole call back.
+            with contextlib.suppress(Exception):
+                await in_flight
     return outcomes
 
 
@@ -435,7 +483,6 @@ def apply_posting(
             state.earned_total += minutes
         else:
             state.spent_total -= minutes
-        state.touched = True
         entries.append(PostedEntry(account_id, minutes, state.balance, state.version))
     return tuple(entries)
 
@@ -494,100 +541,112 @@ _WRITE_POSTGRES = text(
 )
 
 
-async def _write(
-    session: AsyncSession,
+Statement = tuple[Executable, dict[str, Any] | list[dict[str, Any]]]
+
+
+async def _execute(session: AsyncSession, statements: Sequence[Statement]) -> None:
+    for statement, parameters in statements:
+        await session.execute(statement, parameters)
+
+
+def _write_statements(
+    is_postgres: bool,
     posted: Sequence[PostedTransaction],
-    touched: Sequence[AccountState],
+    touched: Iterable[AccountState],
     posted_at: datetime,
-) -> None:
-    """Write transactions, entries and account totals: on PostgreSQL in one statement (arrays
-    through ``unnest``: one round trip, one prepared statement for any size); elsewhere in
-    three bulk statements."""
-    if session.get_bind().dialect.name == "postgresql":
+) -> list[Statement]:
+    """The statements that write transactions, entries and account totals, with their
+    parameters taken now: on PostgreSQL one statement (arrays through ``unnest``: one round
+    trip, one prepared statement for any size); elsewhere three bulk statements."""
+    accounts = list(touched)
+    if is_postgres:
         entries = [(t.id, e) for t in posted for e in t.entries]
-        await session.execute(
-            _WRITE_POSTGRES,
-            {
-                "t_id": [t.id for t in posted],
-                "t_community": [t.community_id for t in posted],
-                "t_kind": [t.kind.value for t in posted],
-                "t_memo": [t.memo for t in posted],
-                "t_occurred": [t.occurred_on for t in posted],
-                "t_details": [json.dumps(t.details) for t in posted],
-                "t_posted": [posted_at] * len(posted),
-                "t_user": [t.posted_by_user_id for t in posted],
-                "t_client": [t.posted_by_client_id for t in posted],
-                "t_reverses": [t.reverses_id for t in posted],
-                "t_hash": [t.content_hash for t in posted],
-                "e_transaction": [transaction_id for transaction_id, _ in entries],
-                "e_account": [e.account_id for _, e in entries],
-                "e_amount": [e.minutes for _, e in entries],
-                "e_balance": [e.balance_after for _, e in entries],
-                "e_version": [e.account_version for _, e in entries],
-                "e_posted": [posted_at] * len(entries),
-                "posted_at": posted_at,
-                "a_id": [s.id for s in touched],
-                "a_balance": [s.balance for s in touched],
-                "a_version": [s.version for s in touched],
-                "a_earned": [s.earned_total for s in touched],
-                "a_spent": [s.spent_total for s in touched],
-            },
-        )
-        return
-    await session.execute(
-        insert(_transactions),
-        [
-            {
-                "id": t.id,
-                "community_id": t.community_id,
-                "kind": t.kind.value,
-                "memo": t.memo,
-                "occurred_on": t.occurred_on,
-                "details": dict(t.details),
-                "posted_at": posted_at,
-                "posted_by_user_id": t.posted_by_user_id,
-                "posted_by_client_id": t.posted_by_client_id,
-                "reverses_id": t.reverses_id,
-                "content_hash": t.content_hash,
-            }
-            for t in posted
-        ],
-    )
-    await session.execute(
-        insert(_entries),
-        [
-            {
-                "transaction_id": t.id,
-                "account_id": e.account_id,
-                "amount": e.minutes,
-                "balance_after": e.balance_after,
-                "account_version": e.account_version,
-                "posted_at": posted_at,
-            }
-            for t in posted
-            for e in t.entries
-        ],
-    )
+        return [
+            (
+                _WRITE_POSTGRES,
+                {
+                    "t_id": [t.id for t in posted],
+                    "t_community": [t.community_id for t in posted],
+                    "t_kind": [t.kind.value for t in posted],
+                    "t_memo": [t.memo for t in posted],
+                    "t_occurred": [t.occurred_on for t in posted],
+                    "t_details": [json.dumps(t.details) for t in posted],
+                    "t_posted": [posted_at] * len(posted),
+                    "t_user": [t.posted_by_user_id for t in posted],
+                    "t_client": [t.posted_by_client_id for t in posted],
+                    "t_reverses": [t.reverses_id for t in posted],
+                    "t_hash": [t.content_hash for t in posted],
+                    "e_transaction": [transaction_id for transaction_id, _ in entries],
+                    "e_account": [e.account_id for _, e in entries],
+                    "e_amount": [e.minutes for _, e in entries],
+                    "e_balance": [e.balance_after for _, e in entries],
+                    "e_version": [e.account_version for _, e in entries],
+                    "e_posted": [posted_at] * len(entries),
+                    "posted_at": posted_at,
+                    "a_id": [s.id for s in accounts],
+                    "a_balance": [s.balance for s in accounts],
+                    "a_version": [s.version for s in accounts],
+                    "a_earned": [s.earned_total for s in accounts],
+                    "a_spent": [s.spent_total for s in accounts],
+                },
+            )
+        ]
     c = _accounts.c
-    await session.execute(
-        update(_accounts)
-        .where(c.id == bindparam("b_id"))
-        .values(
-            balance=bindparam("b_balance"),
-            version=bindparam("b_version"),
-            earned_total=bindparam("b_earned"),
-            spent_total=bindparam("b_spent"),
-            updated_at=bindparam("b_updated_at"),
+    return [
+        (
+            insert(_transactions),
+            [
+                {
+                    "id": t.id,
+                    "community_id": t.community_id,
+                    "kind": t.kind.value,
+                    "memo": t.memo,
+                    "occurred_on": t.occurred_on,
+                    "details": dict(t.details),
+                    "posted_at": posted_at,
+                    "posted_by_user_id": t.posted_by_user_id,
+                    "posted_by_client_id": t.posted_by_client_id,
+                    "reverses_id": t.reverses_id,
+                    "content_hash": t.content_hash,
+                }
+                for t in posted
+            ],
         ),
-        [
-            {
-                "b_id": s.id,
-                "b_balance": s.balance,
-                "b_version": s.version,
-                "b_earned": s.earned_total,
-                "b_spent": s.spent_total,
-                "b_updated_at": posted_at,
-            }
-            for s in touched
-        ],
-    )
+        (
+            insert(_entries),
+            [
+                {
+                    "transaction_id": t.id,
+                    "account_id": e.account_id,
+                    "amount": e.minutes,
+                    "balance_after": e.balance_after,
+                    "account_version": e.account_version,
+                    "posted_at": posted_at,
+                }
+                for t in posted
+                for e in t.entries
+            ],
+        ),
+        (
+            update(_accounts)
+            .where(c.id == bindparam("b_id"))
+            .values(
+                balance=bindparam("b_balance"),
+                version=bindparam("b_version"),
+                earned_total=bindparam("b_earned"),
+                spent_total=bindparam("b_spent"),
+                updated_at=bindparam("b_updated_at"),
+            ),
+            [
+                {
+                    "b_id": s.id,
+                    "b_balance": s.balance,
+                    "b_version": s.version,
+                    "b_earned": s.earned_total,
+                    "b_spent": s.spent_total,
+                    "b_updated_at": posted_at,
+                }
+                for s in accounts
+            ],
+        ),
+    ]

@@ -25,6 +25,7 @@ from app.ledger import errors
 from app.ledger.posting import (
     PostedTransaction,
     Poster,
+    PostingOutcome,
     PostingRequest,
     post_transaction,
     post_transactions,
@@ -189,6 +190,13 @@ async def create_batch(
             requests.append(None)
 
     valid = [(i, r) for i, r in enumerate(requests) if r is not None]
+    results: list[BatchItemResult | None] = [None] * len(requests)
+
+    def render(chunk: Sequence[PostingOutcome]) -> None:
+        for outcome in chunk:
+            index = valid[outcome.index][0]
+            results[index] = batch_item_result(index, outcome)
+
     try:
         outcomes = await post_transactions(
             session,
@@ -196,6 +204,7 @@ async def create_batch(
             [r for _, r in valid],
             poster=poster,
             atomic=data.atomic,
+            while_writing=render,
         )
     except errors.LedgerError as exc:
         if exc.index is None:  # pragma: no cover - the engine names the refused request
@@ -208,27 +217,25 @@ async def create_batch(
             extra={"index": index, "reason": exc.code},
         ) from exc
 
-    results: list[BatchItemResult | None] = [None] * len(requests)
     for index, refusal in early.items():
         results[index] = BatchItemResult(index=index, status="refused", error=problem_body(refusal))
     for (index, _), outcome in zip(valid, outcomes, strict=True):
-        if outcome.posted is not None:
-            results[index] = BatchItemResult.model_construct(
-                index=index,
-                status="posted",
-                transaction=transaction_read(outcome.posted),
-                error=None,
-            )
-        else:
-            assert outcome.error is not None
-            results[index] = BatchItemResult(
-                index=index, status="refused", error=problem_body(outcome.error)
-            )
+        if results[index] is None:  # refused by the engine before any write: not rendered yet
+            results[index] = batch_item_result(index, outcome)
     final = [r for r in results if r is not None]
     posted_count = sum(1 for r in final if r.status == "posted")
     return BatchResult(
         atomic=data.atomic, posted=posted_count, refused=len(final) - posted_count, results=final
     )
+
+
+def batch_item_result(index: int, outcome: PostingOutcome) -> BatchItemResult:
+    if outcome.posted is not None:
+        return BatchItemResult.model_construct(
+            index=index, status="posted", transaction=transaction_read(outcome.posted), error=None
+        )
+    assert outcome.error is not None
+    return BatchItemResult(index=index, status="refused", error=problem_body(outcome.error))
 
 
 async def reverse_transaction(

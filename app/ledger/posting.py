@@ -26,7 +26,7 @@ import contextlib
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from operator import itemgetter
@@ -47,7 +47,9 @@ MAX_ENTRIES_PER_TRANSACTION = 100
 RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock_detected, serialization_failure
 MAX_ATTEMPTS = 4
 # Postings per write statement in a batch: the database writes one chunk while this process
-# applies the next (see _lock_apply_write).
+# applies the next (see _lock_apply_write). The first chunk is smaller, so the database starts
+# sooner.
+FIRST_CHUNK = 50
 WRITE_CHUNK = 200
 
 _accounts = cast(Table, Account.__table__)
@@ -271,10 +273,10 @@ async def _lock_apply_write(
     is_postgres = session.get_bind().dialect.name == "postgresql"
     in_flight: asyncio.Task[None] | None = None
     try:
-        for start in range(0, len(requests), WRITE_CHUNK):
+        for start, end in _chunks(len(requests)):
             chunk: list[PostingOutcome] = []
             written: list[PostedTransaction] = []
-            for index, request in requests[start : start + WRITE_CHUNK]:
+            for index, request in requests[start:end]:
                 try:
                     check_accounts_known(request, states, community.slug)
                     entries = apply_posting(request, states)
@@ -301,14 +303,13 @@ async def _lock_apply_write(
                 )
                 chunk.append(PostingOutcome(index=index, posted=posted))
                 written.append(posted)
+            # The statements carry the accounts' states as of this chunk's end: taken now,
+            # before the next chunk changes them, and while the last chunk is being written.
+            statements = _write_statements(is_postgres, written, states, posted_at)
             if in_flight is not None:
                 await in_flight
                 in_flight = None
-            if written:
-                # The statements carry the accounts' states as of this chunk's end, taken now,
-                # before the next chunk changes them.
-                touched = {e.account_id: states[e.account_id] for t in written for e in t.entries}
-                statements = _write_statements(is_postgres, written, touched.values(), posted_at)
+            if statements:
                 in_flight = asyncio.create_task(_execute(session, statements))
                 await asyncio.sleep(0)  # let it send before this process gets busy again
             if while_writing is not None:
@@ -325,6 +326,14 @@ async def _lock_apply_write(
             with contextlib.suppress(Exception):
                 await in_flight
     return outcomes
+
+
+def _chunks(count: int) -> Iterator[tuple[int, int]]:
+    """``FIRST_CHUNK`` postings, then ``WRITE_CHUNK`` at a time, as (start, end) slices."""
+    start, size = 0, FIRST_CHUNK
+    while start < count:
+        yield start, min(count, start + size)
+        start, size = start + size, WRITE_CHUNK
 
 
 _LOCK_ACCOUNTS_POSTGRES = text(
@@ -515,19 +524,22 @@ _WRITE_POSTGRES = text(
     WITH new_transactions AS (
         INSERT INTO transactions (id, community_id, kind, memo, occurred_on, details, posted_at,
                                   posted_by_user_id, posted_by_client_id, reverses_id, content_hash)
-        SELECT * FROM unnest(
-            CAST(:t_id AS uuid[]), CAST(:t_community AS uuid[]), CAST(:t_kind AS varchar[]),
-            CAST(:t_memo AS varchar[]), CAST(:t_occurred AS date[]), CAST(:t_details AS jsonb[]),
-            CAST(:t_posted AS timestamptz[]), CAST(:t_user AS uuid[]), CAST(:t_client AS uuid[]),
-            CAST(:t_reverses AS uuid[]), CAST(:t_hash AS varchar[]))
+        SELECT t.id, CAST(:community AS uuid), t.kind, t.memo, t.occurred_on, t.details,
+               CAST(:posted_at AS timestamptz), CAST(:user_id AS uuid), CAST(:client_id AS uuid),
+               t.reverses_id, t.content_hash
+        FROM unnest(
+            CAST(:t_id AS uuid[]), CAST(:t_kind AS varchar[]), CAST(:t_memo AS varchar[]),
+            CAST(:t_occurred AS date[]), CAST(:t_details AS jsonb[]), CAST(:t_reverses AS uuid[]),
+            CAST(:t_hash AS varchar[]))
+            AS t(id, kind, memo, occurred_on, details, reverses_id, content_hash)
         RETURNING 1
     ), new_entries AS (
         INSERT INTO entries (transaction_id, account_id, amount, balance_after, account_version,
                              posted_at)
-        SELECT * FROM unnest(
+        SELECT e.*, CAST(:posted_at AS timestamptz)
+        FROM unnest(
             CAST(:e_transaction AS uuid[]), CAST(:e_account AS uuid[]), CAST(:e_amount AS bigint[]),
-            CAST(:e_balance AS bigint[]), CAST(:e_version AS bigint[]),
-            CAST(:e_posted AS timestamptz[]))
+            CAST(:e_balance AS bigint[]), CAST(:e_version AS bigint[])) AS e
         RETURNING 1
     )
     UPDATE accounts AS a
@@ -552,28 +564,35 @@ async def _execute(session: AsyncSession, statements: Sequence[Statement]) -> No
 def _write_statements(
     is_postgres: bool,
     posted: Sequence[PostedTransaction],
-    touched: Iterable[AccountState],
+    states: Mapping[uuid.UUID, AccountState],
     posted_at: datetime,
 ) -> list[Statement]:
-    """The statements that write transactions, entries and account totals, with their
-    parameters taken now: on PostgreSQL one statement (arrays through ``unnest``: one round
-    trip, one prepared statement for any size); elsewhere three bulk statements."""
-    accounts = list(touched)
+    """The statements that write ``posted`` and the totals of the accounts they touch, with
+    the parameters taken now: on PostgreSQL one statement (arrays through ``unnest``: one
+    round trip, one prepared statement for any size); elsewhere three bulk statements. None
+    when nothing was posted."""
+    if not posted:
+        return []
+    accounts = list(
+        {e.account_id: states[e.account_id] for t in posted for e in t.entries}.values()
+    )
     if is_postgres:
+        first = posted[0]
         entries = [(t.id, e) for t in posted for e in t.entries]
         return [
             (
                 _WRITE_POSTGRES,
                 {
+                    # One call's postings share community, time and poster: sent once.
+                    "community": first.community_id,
+                    "posted_at": posted_at,
+                    "user_id": first.posted_by_user_id,
+                    "client_id": first.posted_by_client_id,
                     "t_id": [t.id for t in posted],
-                    "t_community": [t.community_id for t in posted],
                     "t_kind": [t.kind.value for t in posted],
                     "t_memo": [t.memo for t in posted],
                     "t_occurred": [t.occurred_on for t in posted],
                     "t_details": [json.dumps(t.details) for t in posted],
-                    "t_posted": [posted_at] * len(posted),
-                    "t_user": [t.posted_by_user_id for t in posted],
-                    "t_client": [t.posted_by_client_id for t in posted],
                     "t_reverses": [t.reverses_id for t in posted],
                     "t_hash": [t.content_hash for t in posted],
                     "e_transaction": [transaction_id for transaction_id, _ in entries],
@@ -581,8 +600,6 @@ def _write_statements(
                     "e_amount": [e.minutes for _, e in entries],
                     "e_balance": [e.balance_after for _, e in entries],
                     "e_version": [e.account_version for _, e in entries],
-                    "e_posted": [posted_at] * len(entries),
-                    "posted_at": posted_at,
                     "a_id": [s.id for s in accounts],
                     "a_balance": [s.balance for s in accounts],
                     "a_version": [s.version for s in accounts],

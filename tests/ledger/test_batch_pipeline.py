@@ -22,7 +22,7 @@ from tests.ledger.helpers import balance, books_snapshot, check_books, open_book
 
 pytestmark = pytest.mark.anyio
 
-CHUNK = 3
+FIRST_CHUNK, CHUNK = 2, 3  # 8 postings: chunks of 2, 3 and 3
 
 
 class _Deadlock(Exception):
@@ -47,6 +47,7 @@ def _failing_execute(
         if len(calls) in fail_on:
             raise DBAPIError("write", {}, error())
 
+    monkeypatch.setattr(posting, "FIRST_CHUNK", FIRST_CHUNK)
     monkeypatch.setattr(posting, "WRITE_CHUNK", CHUNK)
     monkeypatch.setattr(posting, "_execute", execute)
     return calls

@@ -675,6 +675,10 @@ class CensusSeed:
     # Transaction rows of kind exchange: counted with the rows (a full run), or the last
     # census's old ones plus the fresh ones (_decide); None when neither is known.
     exchange_transactions: int | None = None
+    # Every row the look-ups where the last census expects fresh rows returned, fresh or not
+    # (None when the fresh rows were found by the predicate): the new span is digested from
+    # them (span_from_rows).
+    read: RowsRead | None = None
 
     @property
     def old_exchange_transactions(self) -> int | None:
@@ -757,6 +761,12 @@ async def _count(
     )
     # Prepared through the driver for this run alone, not kept in a statement cache: with a
     # set of xids printed into it (xid_set_predicate) the statement differs from run to run.
+    # One process, not a parallel scan: fetchrow asks the server for one row, and PostgreSQL
+    # plans no parallel workers for a statement executed with a row limit. That is what the
+    # run wants on two cores: the scan takes one (about 130 ms on the bench's 1,500,000 rows)
+    # and the rest of the run the other. With workers (``fetch``) the scan alone took about
+    # 60 ms, but beside the run's work its three processes slowed both, and starting them
+    # cost a few ms each (run 2 / bare scan 6.0-6.3 x against 5.0-5.8 x, session 6).
     numbered, values = _numbered(statement, params)
     raw = await connection.get_raw_connection()
     driver: Any = raw.driver_connection
@@ -840,9 +850,9 @@ async def digest_span_beside(session: AsyncSession, low: int, high: int) -> asyn
 
 
 class CensusCount:
-    """The census scan beside the run (_count_beside), started when the plan says so (start):
-    once the fresh rows are fetched through indexes, which the scan, filling both cores,
-    slowed most. Waiting for the counts starts it, should nobody have."""
+    """The census scan beside the run (_count_beside), started when the plan says so (start:
+    as soon as the plan knows what to count). Waiting for the counts starts it, should nobody
+    have."""
 
     def __init__(self, begin: Callable[[], Awaitable[asyncio.Task[Counts]]]) -> None:
         self._begin = begin  # _count_beside with its arguments
@@ -882,6 +892,8 @@ async def _census_seed(
         exchange_transactions = int(exchanges)
     found: dict[str, list[Any]] = {}
     seen: dict[str, set[Any]] = {}
+    read: dict[str, list[Any]] = {}
+    probed: set[Any] = set()
     for table in ("entries", "transactions"):
         rows: list[Any] | None = None
         if expected is not None:
@@ -889,7 +901,8 @@ async def _census_seed(
                 where = {"high": expected.high_water, "ids": [int(i) for i in expected.entries]}
             else:
                 listed = {uuid.UUID(i) for i in expected.transactions}
-                where = {"ids": list(listed | {e["transaction_id"] for e in found["entries"]})}
+                probed = listed | {e["transaction_id"] for e in found["entries"]}
+                where = {"ids": list(probed)}
             statement = _CANDIDATES[table].format(columns=_CENSUS_TABLES[table], **predicates)
             rows = await _fetch(session, statement, params | where | {"limit": limit + 1})
             if len(rows) > limit or (counts is not None and not _all_counted(rows, counts, table)):
@@ -899,6 +912,7 @@ async def _census_seed(
             rows = await _fetch(session, statement, params | {"limit": limit})
         else:
             seen[table] = {r["id"] for r in rows if not (r["fresh"] or r["fresh_now"])}
+            read[table] = rows
         found[table] = [r for r in rows if r["fresh"] or r["fresh_now"]]
     return CensusSeed(
         counts=counts,
@@ -907,7 +921,93 @@ async def _census_seed(
         window_now=window_now,
         old_transaction_ids=seen.get("transactions"),
         exchange_transactions=exchange_transactions,
+        read=RowsRead(expected.high_water, read["entries"], read["transactions"], probed)
+        if expected is not None and len(read) == 2
+        else None,
     )
+
+
+@dataclass
+class RowsRead:
+    """What the look-ups where the last census expects fresh rows (_CANDIDATES) returned:
+    every entry row with an id above ``above`` (fresh or not), and every transaction row
+    whose id is one of ``probed`` (each through the primary key: all rows with the id,
+    copies included)."""
+
+    above: int
+    entries: list[Any]
+    transactions: list[Any]
+    probed: set[Any]
+
+
+_SPAN_FIELDS = ("id", "transaction_id", "account_id", "amount", "balance_after", "account_version")
+
+
+def span_from_rows(read: RowsRead, low: int, high: int) -> SealSpan | None:
+    """The digests of the entries in (low, high], as digest_span computes them, from the rows
+    an incremental plan read in the run's snapshot (every entry above ``read.above`` <= low,
+    and the stored content hash of its transaction); or None where those rows do not say the
+    same for certain, and digest_span reads them again. They do when every entry in the span
+    has an id of its own, every field set, and a transaction id that was probed and found
+    exactly once: then the span's rows joined with their transactions are these rows, line
+    for line, in id order. (A missing or doubled transaction row, a NULL or a doubled entry
+    id is tampering that the checks name; the database digests those spans as ever.)
+
+    Why: the rows are in hand. Digesting them here costs about 15 ms of Python for the
+    bench's 10,000 new entries; digest_span probes the primary key of transactions for each
+    entry and prints each line in SQL, about 30 ms, on a connection of its own beside the
+    census scan, for the same two cores."""
+    if low < read.above:
+        return None
+    hashes: dict[Any, str] = {}
+    copies: set[Any] = set()
+    for row in read.transactions:
+        if row["id"] in hashes:
+            copies.add(row["id"])
+        hashes[row["id"]] = row["content_hash"]
+    entries = sorted((e for e in read.entries if low < e["id"] <= high), key=_entry_id)
+    span = SealSpan(low=low, high=high)
+    printed: dict[Any, str] = {}  # (each transaction id printed once)
+    lines: list[str] = []
+    previous = None
+    for entry in entries:
+        entry_id, transaction_id, account_id, amount, balance_after, version = (
+            entry[name] for name in _SPAN_FIELDS
+        )
+        content_hash = hashes.get(transaction_id)
+        if (
+            entry_id == previous
+            or transaction_id not in read.probed
+            or transaction_id in copies
+            or content_hash is None
+            or account_id is None
+            or amount is None
+            or balance_after is None
+            or version is None
+        ):
+            return None
+        previous = entry_id
+        transaction = printed.get(transaction_id)
+        if transaction is None:
+            transaction = printed[transaction_id] = str(transaction_id)
+        if not lines:
+            span.first_entry_of_block.append(entry_id)
+        lines.append(
+            f"{entry_id}|{transaction}|{account_id}|{amount}|{balance_after}|{version}|"
+            f"{content_hash}\n"
+        )
+        if len(lines) == BLOCK_SIZE:
+            span.block_digests.append(hashlib.sha256("".join(lines).encode()).hexdigest())
+            span.entry_count += len(lines)
+            lines = []
+    if lines:
+        span.block_digests.append(hashlib.sha256("".join(lines).encode()).hexdigest())
+        span.entry_count += len(lines)
+    return span
+
+
+def _entry_id(row: Any) -> int:
+    return int(row["id"])
 
 
 def _count_predicates(
@@ -988,6 +1088,8 @@ class Fresh:
     entries_read: list[Any] = field(default_factory=list)
     # The originals that fresh transaction rows name (reverses_id), whatever their kind.
     reversed_ids: set[uuid.UUID] = field(default_factory=set)
+    # Every row the plan's look-ups returned (span_from_rows), when it found them there.
+    read: RowsRead | None = None
 
 
 @dataclass
@@ -1083,17 +1185,11 @@ async def plan_verification(
     predicates, params = _count_predicates(window, now, horizon)
     # (A census from before censuses counted their exchange transactions: count them.)
     count_exchanges = "exchanges" not in census["transactions"]
-    # The fresh rows are fetched before the census scan starts (CensusCount): their index
-    # look-ups, beside a scan that fills both cores, took up to ten times as long. The scan
-    # then starts at once, beside the plan's bookkeeping and the checks, which work mostly in
-    # Python on the rows fetched (the fresh transactions) or in one statement each.
-    seed = await _census_seed(
-        session,
-        window,
-        now,
-        FRESH_LIMIT + 1,
-        Expected(last_seal.high_water, census["entries"]["fresh"], census["transactions"]["fresh"]),
-    )
+    # The census scan starts first, beside, and takes one process (_count): everything else
+    # the run does (the fresh rows fetched through indexes, the plan's bookkeeping, the
+    # checks, mostly in Python or one statement each) runs meanwhile on the other core.
+    # (Until session 6 the fresh rows were fetched first: beside the scan, when it filled
+    # both cores, their index look-ups took up to ten times as long.)
     counting = CensusCount(
         functools.partial(
             _count_beside, session, predicates, params, window.holds(now), count_exchanges
@@ -1101,6 +1197,15 @@ async def plan_verification(
     )
     try:
         await counting.start()
+        seed = await _census_seed(
+            session,
+            window,
+            now,
+            FRESH_LIMIT + 1,
+            Expected(
+                last_seal.high_water, census["entries"]["fresh"], census["transactions"]["fresh"]
+            ),
+        )
         plan = await _decide(session, last_seal, seed, counting, reference_now is not None)
     except BaseException:
         counting.cancel()
@@ -1254,6 +1359,7 @@ async def _decide(
                 reversed_ids={
                     r["reverses_id"] for r in fresh_transactions if r["reverses_id"] is not None
                 },
+                read=seed.read,
             ),
             full_verified_at=full_verified_at,
             census_seed=seed if keep_seed else None,

@@ -228,18 +228,21 @@ async def _run_checks(
             latest = await snapshot.scalar(
                 select(LedgerSeal).order_by(LedgerSeal.high_water.desc()).limit(1)
             )
+            plan = await seals.plan_verification(
+                snapshot, latest, full_requested, reference, full_every
+            )
             beside_low = latest.high_water if latest else 0
-            if seal_requested and settled and high_water > beside_low and postgresql:
-                # The new seal's span, digested beside while the run plans and checks (the
-                # same rows in the same snapshot; used only if every check passes).
+            if (
+                seal_requested
+                and settled
+                and high_water > beside_low
+                and postgresql
+                and plan.fresh is None
+            ):
+                # A full run's new span, digested beside while the run checks (the same rows
+                # in the same snapshot; used only if every check passes). An incremental run
+                # digests it from the rows its plan read (span_from_rows).
                 span_beside = await seals.digest_span_beside(snapshot, beside_low, high_water)
-            try:
-                plan = await seals.plan_verification(
-                    snapshot, latest, full_requested, reference, full_every
-                )
-            except BaseException:
-                _discard(span_beside)
-                raise
         else:
             plan = seals.Plan("full", "A run for one community checks all of its rows.")
         progress = _Progress(sessionmaker, run_id)
@@ -253,7 +256,10 @@ async def _run_checks(
             if sealing and _passed(results, tampering):
                 if span_beside is not None and beside_low == low:
                     span = await span_beside
-                else:  # (SQLite: digested now, in Python)
+                elif plan.fresh is not None and plan.fresh.read is not None:
+                    # (While the census scan still counts; valid only if it bears the plan out.)
+                    span = seals.span_from_rows(plan.fresh.read, low, high_water)
+                if span is None:  # (SQLite: digested now, in Python)
                     span = await seals.digest_span(snapshot, low, high_water)
             # An incremental plan is made while the census scan still counts, beside: the
             # checks above ran meanwhile. Should the counts not bear the plan out, check again.
@@ -262,6 +268,7 @@ async def _run_checks(
                 for cached in ("account_pass", "transaction_pass", "account_totals"):
                     snapshot.info.pop(cached, None)
                 plan = confirmed
+                span = None  # (it may have been digested from rows the counts did not bear out)
                 results, tampering, last_seal, verified = await _check(
                     snapshot, community_id, plan, progress
                 )

@@ -1243,3 +1243,57 @@ async def test_new_transactions_are_checked_from_the_rows_the_plan_read(
     full = await reconcile(client, books.platform, full=True)
     for check in ("transactions_balance", "content_hashes"):
         assert _findings(run)[check] == _findings(full)[check]
+
+
+@postgres_only
+async def test_an_incremental_run_seals_its_new_span_from_the_rows_its_plan_read(
+    client: AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An incremental sealing run digests its new span from the rows its plan read; a full
+    run verifies that seal. Should the counts call for another plan, that span is dropped
+    and the database digests the span again."""
+    books = await sealed(client, app)
+    from_rows: list[Any] = []
+    in_sql: list[tuple[int, int]] = []
+    span_from_rows, digest_span, confirm_plan = (
+        seals.span_from_rows,
+        seals.digest_span,
+        seals.confirm_plan,
+    )
+
+    def spy_rows(*args: Any) -> Any:
+        from_rows.append(span_from_rows(*args))
+        return from_rows[-1]
+
+    async def spy_sql(session: AsyncSession, low: int, high: int) -> Any:
+        in_sql.append((low, high))
+        return await digest_span(session, low, high)
+
+    monkeypatch.setattr(seals, "span_from_rows", spy_rows)
+    monkeypatch.setattr(seals, "digest_span", spy_sql)
+    await seal_a_posting(client, books, 25)
+    assert len(from_rows) == 1
+    assert from_rows[0] is not None
+    assert in_sql == []
+    full = await reconcile(client, books.platform, full=True)
+    assert full["status"] == "passed", failing(full)
+
+    async def replaced(session: AsyncSession, plan: seals.Plan) -> seals.Plan:
+        assert plan.fresh is not None
+        assert plan.fresh.counted is not None
+        await plan.fresh.counted.counts()
+        await confirm_plan(session, plan)
+        return seals.Plan("full", "The counts call for another plan (in this test).")
+
+    monkeypatch.setattr(seals, "confirm_plan", replaced)
+    a, b = books.members[0], books.members[1]
+    await post(client, books.id, books.admin, [(a.account_id, 5), (b.account_id, -5)])
+    run = await reconcile(client, books.platform)
+    assert run["status"] == "passed", failing(run)
+    seal = run["report"]["seal"]
+    assert len(from_rows) == 2
+    assert from_rows[1] is not None
+    assert (seal["previous_high_water"], seal["high_water"]) in in_sql
+    monkeypatch.setattr(seals, "confirm_plan", confirm_plan)
+    full = await reconcile(client, books.platform, full=True)
+    assert full["status"] == "passed", failing(full)

@@ -163,11 +163,12 @@ async def test_a_run_sets_the_heap_aside_and_gives_it_back(
 
 
 @pytest.mark.postgres_only
-async def test_a_run_whose_plan_fails_stops_the_span_digest_it_started(
+async def test_a_run_whose_checks_fail_to_run_stops_the_span_digest_it_started(
     client: AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A sealing run digests the new span beside from before its plan; should the plan fail,
-    the run is stored as an error and the digest is stopped, not left running."""
+    """A full sealing run digests the new span beside once its plan is made; should a check
+    then fail to run, the run is stored as an error and the digest is stopped, not left
+    running."""
     platform, _ = await books(client, app)
     started: list[Any] = []
     digest_beside = seals.digest_span_beside
@@ -178,12 +179,13 @@ async def test_a_run_whose_plan_fails_stops_the_span_digest_it_started(
         return task
 
     async def fails(*args: Any) -> Any:
-        raise RuntimeError("the plan failed")
+        raise RuntimeError("the check failed to run")
 
     monkeypatch.setattr(seals, "digest_span_beside", spy)
-    monkeypatch.setattr(seals, "plan_verification", fails)
+    _, *others = CHECKS
+    monkeypatch.setattr("app.reconciliation.service.CHECKS", (fails, *others))
     run = await reconcile(client, platform)
     assert run["status"] == "error"
-    assert "the plan failed" in run["report"]["error"]
+    assert "the check failed to run" in run["report"]["error"]
     [task] = started
     assert task.cancelled()

@@ -4,19 +4,22 @@ must give the same digests, so a seal made on one verifies on the other."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
 from sqlalchemy import func, select, text
 
-from app.models import Entry
+from app.models import Entry, LedgerSeal
 from app.reconciliation import checks, seals, service
 from app.reconciliation.findings import CheckResult
 from app.reconciliation.seals import SNAPSHOT_WORK_MEM
 from app.reconciliation.service import read_snapshot
-from tests.reconciliation.helpers import db_id, insert_transaction, scenario, tamper
+from tests.reconciliation.helpers import db_id, insert_transaction, reconcile, scenario, tamper
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres_only]
 
@@ -126,3 +129,98 @@ async def test_work_started_beside_and_not_used_is_stopped_or_let_go() -> None:
         await running
     assert failed.done()
     assert isinstance(failed.exception(), RuntimeError)
+
+
+async def test_an_incremental_plans_rows_digest_the_new_span_as_the_database_does(
+    client: AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An incremental sealing run digests its new span from the rows its plan read
+    (span_from_rows): block for block the digests the database computes for the same span,
+    and nothing where the rows do not cover it."""
+    books = await scenario(client, app)
+    assert (await reconcile(client, books.platform))["report"]["seal"] is not None
+    a, b, c = books.members[0], books.members[1], books.members[2]
+    await insert_transaction(
+        app, books.id, "transfer", [(a.account_id, 7), (b.account_id, -7)], memo="ünïcode ✓"
+    )
+    await insert_transaction(
+        app, books.id, "adjustment", [(c.account_id, -6), (a.account_id, 10), (b.account_id, -4)]
+    )
+    await insert_transaction(app, books.id, "transfer", [(b.account_id, 3), (c.account_id, -3)])
+    monkeypatch.setattr(seals, "BLOCK_SIZE", 3)
+    async with read_snapshot(app.state.engine) as session:
+        latest = await session.scalar(
+            select(LedgerSeal).order_by(LedgerSeal.high_water.desc()).limit(1)
+        )
+        assert latest is not None
+        low, high = latest.high_water, int(await session.scalar(select(func.max(Entry.id))) or 0)
+        plan = await seals.plan_verification(session, latest, False)
+        try:
+            assert plan.fresh is not None
+            assert plan.fresh.read is not None
+            for span_low, span_high in ((low, high), (low, high - 1), (low + 2, high)):
+                from_rows = seals.span_from_rows(plan.fresh.read, span_low, span_high)
+                assert from_rows == await seals.digest_span(session, span_low, span_high)
+            whole = seals.span_from_rows(plan.fresh.read, low, high)
+            assert whole is not None
+            assert len(whole.block_digests) == 3  # (7 entries in blocks of 3)
+            # (The rows hold only the entries above the last seal's mark.)
+            assert seals.span_from_rows(plan.fresh.read, low - 1, high) is None
+            assert await seals.confirm_plan(session, plan) is plan
+        finally:
+            plan.abandon()
+
+
+def _entry(entry_id: int, transaction_id: uuid.UUID, **changed: Any) -> dict[str, Any]:
+    row = {
+        "id": entry_id,
+        "transaction_id": transaction_id,
+        "account_id": uuid.UUID(int=entry_id),
+        "amount": entry_id * (1 if entry_id % 2 else -1),
+        "balance_after": entry_id,
+        "account_version": entry_id,
+    }
+    return row | changed
+
+
+def test_rows_that_do_not_say_the_same_for_certain_leave_the_span_to_the_database(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """span_from_rows digests only what the rows show for certain; a doubled entry id, an
+    entry whose transaction was not looked up, or was found twice or without a hash, or a
+    field left NULL, is left to digest_span."""
+    monkeypatch.setattr(seals, "BLOCK_SIZE", 2)
+    one, two, three = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    transactions = [{"id": one, "content_hash": "a" * 64}, {"id": two, "content_hash": "b" * 64}]
+    entries = [_entry(14, two), _entry(11, one), _entry(12, one), _entry(13, two), _entry(9, one)]
+
+    def read(rows: list[dict[str, Any]], found: list[dict[str, Any]] = transactions) -> Any:
+        return seals.RowsRead(10, rows, found, {one, two, three})
+
+    span = seals.span_from_rows(read(entries), 10, 13)
+    assert span is not None
+    lines = [
+        seals.canonical_entry(SimpleNamespace(**_entry(i, t), content_hash=h))
+        for i, t, h in ((11, one, "a" * 64), (12, one, "a" * 64), (13, two, "b" * 64))
+    ]
+    assert span.block_digests == [
+        hashlib.sha256(lines[0] + lines[1]).hexdigest(),
+        hashlib.sha256(lines[2]).hexdigest(),
+    ]
+    assert (span.entry_count, span.first_entry_of_block) == (3, [11, 13])
+    assert seals.span_from_rows(read([]), 10, 13) == seals.SealSpan(low=10, high=13)
+    assert seals.span_from_rows(read(entries), 9, 13) is None  # below the rows read
+    for wrong in (
+        [*entries, _entry(12, one)],  # an id twice
+        [*entries, _entry(12, uuid.uuid4())],  # a transaction not looked up
+        [_entry(11, three)],  # looked up, not found
+        [_entry(11, one, amount=None)],
+        [_entry(11, one, account_id=None)],
+        [_entry(11, one, balance_after=None)],
+        [_entry(11, one, account_version=None)],
+    ):
+        assert seals.span_from_rows(read(wrong), 10, 13) is None
+    twice = [*transactions, {"id": one, "content_hash": "a" * 64}]
+    assert seals.span_from_rows(read(entries, twice), 10, 13) is None
+    unhashed = [{"id": one, "content_hash": None}]
+    assert seals.span_from_rows(read([_entry(11, one)], unhashed), 10, 13) is None

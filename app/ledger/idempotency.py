@@ -42,6 +42,18 @@ class IdempotencyKey:
 
 
 @dataclass(frozen=True)
+class RenderedJSON:
+    """A response body its operation serialised itself (a batch renders its items while the
+    database writes them), stored and sent as it is."""
+
+    text: str
+
+
+def response_text(response: BaseModel | RenderedJSON) -> str:
+    return response.text if isinstance(response, RenderedJSON) else response.model_dump_json()
+
+
+@dataclass(frozen=True)
 class Outcome:
     status: int
     body: str  # JSON text, exactly as first sent
@@ -111,12 +123,12 @@ def lock_id(principal: str, key: str) -> int:
 async def run_idempotent(
     session: AsyncSession,
     key: IdempotencyKey | None,
-    operation: Callable[[], Awaitable[tuple[int, BaseModel, uuid.UUID | None]]],
+    operation: Callable[[], Awaitable[tuple[int, BaseModel | RenderedJSON, uuid.UUID | None]]],
 ) -> Outcome:
-    """Run ``operation`` once per key; it returns (status, response model, transaction id)."""
+    """Run ``operation`` once per key; it returns (status, response, transaction id)."""
     if key is None:
-        status, model, _ = await operation()
-        return Outcome(status=status, body=model.model_dump_json(), replayed=False)
+        status, response, _ = await operation()
+        return Outcome(status=status, body=response_text(response), replayed=False)
 
     this_key = {"principal": key.principal, "key": key.key}
     if session.get_bind().dialect.name == "postgresql":
@@ -137,8 +149,8 @@ async def run_idempotent(
     if existing is not None:  # expired: the key may be used afresh
         await session.execute(_FORGET, this_key)
 
-    status, model, transaction_id = await operation()
-    body = model.model_dump_json()
+    status, response, transaction_id = await operation()
+    body = response_text(response)
     try:
         # Core insert: no identity-map bookkeeping and no RETURNING on the hot path.
         now = utcnow()

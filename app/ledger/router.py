@@ -39,7 +39,7 @@ from app.ledger.dependencies import (
     account_guard,
     transaction_guard,
 )
-from app.ledger.idempotency import run_idempotent
+from app.ledger.idempotency import RenderedJSON, run_idempotent
 from app.ledger.idempotent_http import (
     IdempotencyHeader,
     RequiredIdempotencyHeader,
@@ -239,7 +239,7 @@ async def create_transaction_batch(
 ) -> Response:
     key = idempotency_key(request, access.principal, key_header, body)
 
-    async def run() -> tuple[int, BaseModel, uuid.UUID | None]:
+    async def run() -> tuple[int, RenderedJSON, uuid.UUID | None]:
         return status.HTTP_200_OK, await service.create_batch(session, access, body), None
 
     return idempotent_reply(await run_idempotent(session, key, run))

@@ -22,6 +22,7 @@ from app.core.errors import DomainError, InvalidCursor, Unprocessable, problem_b
 from app.core.ids import parse_id
 from app.core.pagination import PageParams, decode_cursor, encode_cursor
 from app.ledger import errors
+from app.ledger.idempotency import RenderedJSON
 from app.ledger.posting import (
     PostedTransaction,
     Poster,
@@ -138,7 +139,11 @@ async def update_limits(
 # --- posting ------------------------------------------------------------------------------
 
 
-def posting_request(data: TransactionCreate) -> PostingRequest:
+def posting_request(data: TransactionCreate, today: date) -> PostingRequest:
+    """The engine's request for a validated body; ``today`` (UTC) is its date of service
+    unless it names one, which may not be later."""
+    if data.occurred_on is not None and data.occurred_on > today:
+        raise Unprocessable("occurred_on cannot be in the future.")
     lines = []
     for entry in data.entries:
         account_id = parse_id(entry.account_id)
@@ -146,17 +151,15 @@ def posting_request(data: TransactionCreate) -> PostingRequest:
             raise errors.AccountNotFound(f"No account has id {entry.account_id!r}.")
         lines.append((account_id, entry.minutes))
     return PostingRequest(
-        kind=TransactionKind(data.kind),
+        kind=_KINDS[data.kind],
         lines=tuple(lines),
-        occurred_on=data.occurred_on or utcnow().date(),
+        occurred_on=data.occurred_on or today,
         memo=data.memo,
         details=data.details,
     )
 
 
-def check_occurred_on(data: TransactionCreate) -> None:
-    if data.occurred_on is not None and data.occurred_on > utcnow().date():
-        raise Unprocessable("occurred_on cannot be in the future.")
+_KINDS = {kind.value: kind for kind in TransactionKind}
 
 
 def transaction_read(
@@ -172,14 +175,16 @@ def transaction_read(
 
 async def create_batch(
     session: AsyncSession, access: CommunityAccess, data: BatchCreate
-) -> BatchResult:
+) -> RenderedJSON:
+    """Post a batch; the answer is a ``BatchResult``, already serialised: each item is
+    rendered while the database writes the chunk it belongs to."""
     poster = require_ledger_writer(access)
     requests: list[PostingRequest | None] = []
     early: dict[int, DomainError] = {}
+    today = utcnow().date()
     for index, item in enumerate(data.transactions):
         try:
-            check_occurred_on(item)
-            requests.append(posting_request(item))
+            requests.append(posting_request(item, today))
         except DomainError as exc:
             if data.atomic:
                 raise errors.BatchRefused(
@@ -190,12 +195,12 @@ async def create_batch(
             requests.append(None)
 
     valid = [(i, r) for i, r in enumerate(requests) if r is not None]
-    results: list[BatchItemResult | None] = [None] * len(requests)
+    rendered: list[str | None] = [None] * len(requests)
 
     def render(chunk: Sequence[PostingOutcome]) -> None:
         for outcome in chunk:
             index = valid[outcome.index][0]
-            results[index] = batch_item_result(index, outcome)
+            rendered[index] = batch_item_result(index, outcome).model_dump_json()
 
     try:
         outcomes = await post_transactions(
@@ -218,15 +223,13 @@ async def create_batch(
         ) from exc
 
     for index, refusal in early.items():
-        results[index] = BatchItemResult(index=index, status="refused", error=problem_body(refusal))
+        refused_item = BatchItemResult(index=index, status="refused", error=problem_body(refusal))
+        rendered[index] = refused_item.model_dump_json()
     for (index, _), outcome in zip(valid, outcomes, strict=True):
-        if results[index] is None:  # refused by the engine before any write: not rendered yet
-            results[index] = batch_item_result(index, outcome)
-    final = [r for r in results if r is not None]
-    posted_count = sum(1 for r in final if r.status == "posted")
-    return BatchResult(
-        atomic=data.atomic, posted=posted_count, refused=len(final) - posted_count, results=final
-    )
+        if rendered[index] is None:  # refused by the engine before any write: not rendered yet
+            rendered[index] = batch_item_result(index, outcome).model_dump_json()
+    posted = sum(1 for outcome in outcomes if outcome.posted is not None)
+    return batch_result_json(data.atomic, posted, len(requests) - posted, rendered)
 
 
 def batch_item_result(index: int, outcome: PostingOutcome) -> BatchItemResult:
@@ -236,6 +239,20 @@ def batch_item_result(index: int, outcome: PostingOutcome) -> BatchItemResult:
         )
     assert outcome.error is not None
     return BatchItemResult(index=index, status="refused", error=problem_body(outcome.error))
+
+
+def batch_result_json(
+    atomic: bool, posted: int, refused: int, items: Sequence[str | None]
+) -> RenderedJSON:
+    """``BatchResult(...).model_dump_json()`` for items already rendered one by one (the same
+    text: the model's own serialiser writes all but the list)."""
+    empty = BatchResult(atomic=atomic, posted=posted, refused=refused, results=[])
+    head = empty.model_dump_json()
+    assert head.endswith(_NO_RESULTS), "results must stay BatchResult's last field"
+    return RenderedJSON(f'{head[: -len(_NO_RESULTS)]}"results":[{",".join(filter(None, items))}]}}')
+
+
+_NO_RESULTS = '"results":[]}'
 
 
 async def reverse_transaction(

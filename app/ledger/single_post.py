@@ -85,7 +85,6 @@ from app.ledger.posting import (
 )
 from app.ledger.schemas import TransactionCreate
 from app.ledger.service import (
-    check_occurred_on,
     not_a_ledger_writer,
     posting_request,
     transaction_read,
@@ -148,8 +147,7 @@ def prepare(
     the shape checks, the transaction's id and its content hash."""
     now = utcnow()
     try:
-        check_occurred_on(data)
-        request = posting_request(data)
+        request = posting_request(data, now.date())
     except DomainError as exc:
         return SinglePosting(subject, community, key, data, now, None, None, exc)
     try:

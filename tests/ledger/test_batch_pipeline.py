@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.ledger import posting
+from app.ledger.schemas import BatchResult
 from app.models import Transaction
 from tests.factories import Api, expect
 from tests.ledger.helpers import balance, books_snapshot, check_books, open_books, refused
@@ -134,3 +135,38 @@ async def test_a_failed_chunk_write_fails_the_batch_and_changes_nothing(
     assert response.status_code >= 500
     assert await books_snapshot(app) == before
     await check_books(app, limits_unchanged=True)
+
+
+async def test_a_batch_answer_rendered_item_by_item_is_the_result_models_own_json(
+    client: AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Items refused before the engine, by its shape check, by a limit, and posted ones, over
+    several chunks: the answer is exactly what ``BatchResult`` itself serialises."""
+    monkeypatch.setattr(posting, "FIRST_CHUNK", FIRST_CHUNK)
+    monkeypatch.setattr(posting, "WRITE_CHUNK", CHUNK)
+    books = await open_books(Api(client, app), members=3, logins=False)
+    a, b, c = (m.account_id for m in books.members)
+    items = _transfers(a, b, 8)
+    items[1] = {**items[1], "occurred_on": "2999-01-01"}  # refused before the engine
+    items[3] = {"entries": [{"account_id": a, "minutes": 5}, {"account_id": b, "minutes": -4}]}
+    items[6] = {
+        "entries": [{"account_id": c, "minutes": -590_000}, {"account_id": a, "minutes": 590_000}]
+    }
+    response = await client.post(
+        f"/v1/communities/{books.id}/transactions/batch",
+        json={"atomic": False, "transactions": items},
+        headers={**books.admin.headers, "Idempotency-Key": str(uuid.uuid4())},
+    )
+
+    body = expect(response, 200)
+    assert response.text == BatchResult.model_validate_json(response.text).model_dump_json()
+    assert [r["index"] for r in body["results"]] == list(range(8))
+    assert [r["status"] == "posted" for r in body["results"]] == [
+        i not in (1, 3, 6) for i in range(8)
+    ]
+    assert [r["error"]["code"] for r in body["results"] if r["error"]] == [
+        "unprocessable",
+        "unbalanced",
+        "insufficient_balance",
+    ]
+    assert (body["posted"], body["refused"]) == (5, 3)

@@ -224,3 +224,54 @@ def test_rows_that_do_not_say_the_same_for_certain_leave_the_span_to_the_databas
     assert seals.span_from_rows(read(entries, twice), 10, 13) is None
     unhashed = [{"id": one, "content_hash": None}]
     assert seals.span_from_rows(read([_entry(11, one)], unhashed), 10, 13) is None
+
+
+def test_new_transactions_read_are_hashed_as_the_posting_engine_hashes_them() -> None:
+    """The fresh transactions checked from the plan's rows (two lines, the usual case, take a
+    path of their own) get the digest transaction_content_hash gives, whatever the order of
+    their lines, and are named when a line is missing, zero or off balance."""
+    community = uuid.uuid4()
+    low, high = uuid.UUID(int=1), uuid.UUID(int=2)
+    cases = {  # transaction -> its lines, in entry order
+        uuid.uuid4(): [(low, 5), (high, -5)],
+        uuid.uuid4(): [(high, 5), (low, -5)],
+        uuid.uuid4(): [(low, 5), (low, -5)],  # (one account twice: entry order kept)
+        uuid.uuid4(): [(high, -3), (low, 1), (high, 2)],
+        uuid.uuid4(): [(high, 0), (low, 0)],
+        uuid.uuid4(): [(low, 4), (high, -3)],
+        uuid.uuid4(): [(low, 4)],
+    }
+    entries: list[dict[str, Any]] = []
+    read: dict[uuid.UUID, dict[str, Any]] = {}
+    for transaction_id, lines in cases.items():
+        head = [str(transaction_id), str(community), "transfer", "2026-01-02", "", "memo"]
+        stored = checks.transaction_content_hash(
+            transaction_id, community, "transfer", "2026-01-02", None, "memo", lines
+        )
+        read[transaction_id] = {"id": transaction_id, "head": "\x1f".join(head)}
+        read[transaction_id]["content_hash"] = stored
+        for account, minutes in lines:
+            entries.append(
+                {
+                    "id": 100 + len(entries),
+                    "transaction_id": transaction_id,
+                    "account_id": account,
+                    "amount": minutes,
+                }
+            )
+    fresh = seals.Fresh(
+        entry_ids=[],
+        transaction_ids=list(cases),
+        transaction_kinds={},
+        entry_ids_to_rehash=[],
+        chain_starts={},
+        window=seals.Window(3, 2**31),
+        high_water=0,
+        transactions_read=read,
+        entries_read=entries[::-1],  # (read in another order than the ids')
+    )
+    named = {row.id: row for row in checks._transactions_read(fresh)}
+    ids = list(cases)
+    assert set(named) == {ids[4], ids[5], ids[6]}
+    assert all(row.recomputed == row.content_hash for row in named.values())
+    assert (named[ids[4]].zeros, named[ids[5]].total, named[ids[6]].entries) == (2, 1, 1)

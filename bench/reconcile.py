@@ -301,7 +301,16 @@ async def measure(url: str, entries: int, postings: int) -> None:
     seals.verify_chain = timed("verify_chain (seals)", seals.verify_chain)
     # (Work on the connections beside the run is timed where it runs: it overlaps the rest.)
     seals.digest_span = timed("digest_span (blocks; new span beside)", seals.digest_span)
-    seals._count = timed("census scan (beside)", seals._count)
+    count = seals._count  # (one scan per table, each on a connection beside)
+
+    async def count_table(*args: Any, table: str, **kwargs: Any) -> Any:
+        return await timed(f"census scan: {table} (beside)", count)(*args, table=table, **kwargs)
+
+    vars(seals)["_count"] = count_table
+    vars(service)["incremental_prelude"] = timed(
+        "incremental_prelude (account pass | new transactions, span)",
+        vars(service)["incremental_prelude"],
+    )
     seals.plan_verification = timed("plan_verification (census)", seals.plan_verification)
     seals.confirm_plan = timed("confirm_plan (census counts)", seals.confirm_plan)
     seals.take_census = timed("take_census (new seal)", seals.take_census)

@@ -7,11 +7,13 @@ wholly visible or not at all: no false alarms from half-seen work.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import operator
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from types import SimpleNamespace
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -51,8 +53,11 @@ from app.reconciliation.seals import (
     TOTALS_COLUMNS,
     AccountTotals,
     Fresh,
+    driver_parameters,
     totals_ctes,
 )
+
+T = TypeVar("T")
 
 POSTED_EXCHANGE_STATUSES = (
     ExchangeStatus.confirmed.value,
@@ -186,33 +191,8 @@ async def _account_pass(
     if cached is not None and cached[0] == community_id:
         return list(cached[1])
     if fresh is not None and fresh.totals_of is not None:
-        # Incremental: every account's figures are the last seal's totals plus the fresh
-        # entries; the entries the census vouches for are not summed again.
-        # The same statement makes the next seal's totals, should the run seal.
-        # So do the chain tails of the accounts whose entries the last census did not list
-        # (balance_chains takes the "chain" rows).
-        written_since, window = fresh.window.predicate("reference")
-        params: dict[str, Any] = window | {
-            "seal": str(fresh.totals_of),
-            "above": fresh.high_water,
-            "below": [i for i in fresh.entry_ids if i <= fresh.high_water],
-            "fresh_now": fresh.entry_ids_now,
-            "irregular": list(fresh.irregular_accounts),
-        }
-        statement = _ACCOUNTS_FROM_TOTALS.format(
-            fresh=written_since,
-            seal_totals=SEAL_TOTALS,
-            totals=totals_ctes(fresh.entry_ids_now),
-            columns=TOTALS_COLUMNS,
-        )
-        rows = []
-        for row in await session.execute(text(statement), params):
-            if row.kind == "totals":
-                session.info["account_totals"] = (fresh, AccountTotals.of(row))
-            else:
-                rows.append(row)
-        session.info["account_pass"] = (community_id, rows)
-        return rows
+        sent = await _send_account_pass(session, fresh)
+        return _keep_account_pass(session, community_id, fresh, await sent)
     earned = func.sum(case((Entry.amount > 0, Entry.amount), else_=0))
     sums = (
         select(
@@ -371,6 +351,71 @@ UNION ALL
 SELECT 'totals', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
   NULL, NULL, {columns} FROM totals
 """
+
+
+async def _send_account_pass(session: AsyncSession, fresh: Fresh) -> asyncio.Task[list[Any]]:
+    """Send the incremental account pass (_ACCOUNTS_FROM_TOTALS) on the run's connection and
+    return once the statement is on its way: the task's result is its rows. Every account's
+    figures are the last seal's totals plus the fresh entries; the entries the census vouches
+    for are not summed again. The same statement makes the next seal's totals, should the run
+    seal, and checks the chain tails of the accounts whose entries the last census did not
+    list (balance_chains takes the "chain" rows)."""
+    written_since, window = fresh.window.predicate("reference")
+    params: dict[str, Any] = window | {
+        "seal": str(fresh.totals_of),
+        "above": fresh.high_water,
+        "below": [i for i in fresh.entry_ids if i <= fresh.high_water],
+        "fresh_now": fresh.entry_ids_now,
+        "irregular": list(fresh.irregular_accounts),
+    }
+    statement = _ACCOUNTS_FROM_TOTALS.format(
+        fresh=written_since,
+        seal_totals=SEAL_TOTALS,
+        totals=totals_ctes(fresh.entry_ids_now),
+        columns=TOTALS_COLUMNS,
+    )
+    numbered, values = driver_parameters(statement, params)
+    raw = await (await session.connection()).get_raw_connection()
+    driver: Any = raw.driver_connection
+    prepared = await driver.prepare(numbered)
+    sent: asyncio.Task[list[Any]] = asyncio.ensure_future(prepared.fetch(*values))
+    # (One turn of the loop: the task writes the statement to the server and waits for rows.)
+    await asyncio.sleep(0)
+    return sent
+
+
+def _keep_account_pass(
+    session: AsyncSession, community_id: uuid.UUID | None, fresh: Fresh, records: list[Any]
+) -> list[Any]:
+    rows = []
+    for record in records:
+        row = SimpleNamespace(**dict(record.items()))
+        if row.kind == "totals":
+            session.info["account_totals"] = (fresh, AccountTotals.of(row))
+        else:
+            rows.append(row)
+    session.info["account_pass"] = (community_id, rows)
+    return rows
+
+
+async def incremental_prelude(
+    session: AsyncSession, community_id: uuid.UUID | None, fresh: Fresh, also: Callable[[], T]
+) -> T:
+    """The first steps of an incremental run's checks, side by side: the account pass is sent
+    to the database, and while it works there (about 45 ms on the bench's 10,000 accounts)
+    this process checks the new fresh transactions from the rows the plan read
+    (_transactions_read) and does ``also`` (the run digests the new span); then the account
+    pass's rows are read. The checks then take both from the snapshot's cache, as they would
+    have made them one after the other: the same statements, the same rows."""
+    sent = await _send_account_pass(session, fresh) if fresh.totals_of is not None else None
+    try:
+        session.info["transactions_read"] = (fresh, _transactions_read(fresh))
+        done = also()
+    finally:
+        records = await sent if sent is not None else None  # (the connection is free again)
+    if records is not None:
+        _keep_account_pass(session, community_id, fresh, records)
+    return done
 
 
 async def cached_totals(
@@ -1118,7 +1163,8 @@ async def _transaction_pass(
     rows: list[Any] = []
     if fresh is not None:  # everything else is as the last sealing run verified it
         parts |= _FRESH_TRANSACTIONS
-        rows = _transactions_read(fresh)
+        read = session.info.get("transactions_read")  # (incremental_prelude)
+        rows = read[1] if read is not None and read[0] is fresh else _transactions_read(fresh)
         params["fresh"] = [t for t in fresh.transaction_ids if t not in fresh.transactions_read]
     if fresh is None or params["fresh"]:
         statement = text(_PER_TRANSACTION_SQL.format(**parts))

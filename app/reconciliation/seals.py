@@ -417,15 +417,15 @@ _CENSUS_TABLES = {
     "r.community_id::text, r.kind, to_char(r.occurred_on, 'YYYY-MM-DD'), "
     "coalesce(r.reverses_id::text, ''), r.memo) AS head",
 }
-# One parallel scan per table counts every row and the fresh ones (to either reference; to
-# the last census's alone when this run's window lies inside its window, "nested").
-_COUNTS = (
-    "SELECT * FROM "
-    "(SELECT count(*), count(*) FILTER (WHERE {fresh}), {fresh_now_count} "
-    "FROM entries r) AS e CROSS JOIN "
-    "(SELECT count(*), count(*) FILTER (WHERE {fresh}), {fresh_now_count}, {exchanges_count} "
-    "FROM transactions r) AS t"
-)
+# One scan per table, each on a connection of its own (_count_beside), counts every row and
+# the fresh ones (to either reference; to the last census's alone when this run's window lies
+# inside its window, "nested").
+_COUNTS = {
+    "entries": "SELECT count(*), count(*) FILTER (WHERE {fresh}), {fresh_now_count}, NULL "
+    "FROM entries r",
+    "transactions": "SELECT count(*), count(*) FILTER (WHERE {fresh}), {fresh_now_count}, "
+    "{exchanges_count} FROM transactions r",
+}
 # Where fresh rows are expected, reached through indexes: entries above the last seal's mark,
 # the rows the census listed, and the transactions of the fresh entries. When the counts say
 # that is all of them (as it is unless rows were added or rewritten behind the service), the
@@ -713,14 +713,14 @@ async def _fetch(session: AsyncSession, statement: str, params: dict[str, Any]) 
     """Rows straight from the driver (asyncpg records, read by name: ``row["id"]``), in the
     session's transaction: for the thousands of fresh rows, SQLAlchemy's result rows cost
     more than the query itself. ``:name`` parameters become asyncpg's ``$n``."""
-    numbered, values = _numbered(statement, params)
+    numbered, values = driver_parameters(statement, params)
     raw = await (await session.connection()).get_raw_connection()
     driver: Any = raw.driver_connection
     rows: list[Any] = await driver.fetch(numbered, *values)
     return rows
 
 
-def _numbered(statement: str, params: dict[str, Any]) -> tuple[str, list[Any]]:
+def driver_parameters(statement: str, params: dict[str, Any]) -> tuple[str, list[Any]]:
     """``statement`` with its ``:name`` parameters as asyncpg's ``$n``, and their values."""
     names: dict[str, int] = {}
 
@@ -757,35 +757,47 @@ class Counts:
     exchange_transactions: int | None = None
 
 
+@dataclass(frozen=True)
+class TableCount:
+    """What the census scan counted in one table (see Counts)."""
+
+    rows: int
+    fresh: int
+    fresh_now: int | None
+    exchange_transactions: int | None
+
+
 async def _count(
     connection: AsyncConnection,
     predicates: dict[str, str],
     params: dict[str, Any],
     nested: bool,
     exchanges: bool,
-) -> Counts:
-    statement = _COUNTS.format(
+    table: str,
+) -> TableCount:
+    statement = _COUNTS[table].format(
         fresh=predicates["fresh"],
         fresh_now_count="NULL" if nested else f"count(*) FILTER (WHERE {predicates['fresh_now']})",
         exchanges_count="count(*) FILTER (WHERE r.kind = 'exchange')" if exchanges else "NULL",
     )
     # Prepared through the driver for this run alone, not kept in a statement cache: with a
     # set of xids printed into it (xid_set_predicate) the statement differs from run to run.
-    # One process, not a parallel scan: fetchrow asks the server for one row, and PostgreSQL
-    # plans no parallel workers for a statement executed with a row limit. That is what the
-    # run wants on two cores: the scan takes one (about 130 ms on the bench's 1,500,000 rows)
-    # and the rest of the run the other. With workers (``fetch``) the scan alone took about
-    # 60 ms, but beside the run's work its three processes slowed both, and starting them
-    # cost a few ms each (run 2 / bare scan 6.0-6.3 x against 5.0-5.8 x, session 6).
-    numbered, values = _numbered(statement, params)
+    # One process per table, no parallel workers: fetchrow asks the server for one row, and
+    # PostgreSQL plans no workers for a statement executed with a row limit. What the run
+    # wants on two cores is two processes that never wait for each other and start nothing:
+    # the two tables' scans beside its own work (about 80 and 50 ms alone on the bench's
+    # rows), the last of them with a core to itself once the run's work is done. (Workers,
+    # ``fetch``, took 60 ms alone for both, but slowed the run's work and were slowed by it,
+    # and each costs a few ms to start: run 2 / bare scan 6.0-6.3 x against 5.0-5.8 x.)
+    numbered, values = driver_parameters(statement, params)
     raw = await connection.get_raw_connection()
     driver: Any = raw.driver_connection
     prepared = await driver.prepare(numbered)
-    e_rows, e_fresh, e_now, t_rows, t_fresh, t_now, exchange_rows = await prepared.fetchrow(*values)
-    return Counts(
-        totals={"entries": int(e_rows), "transactions": int(t_rows)},
-        fresh={"entries": int(e_fresh), "transactions": int(t_fresh)},
-        fresh_now=None if nested else {"entries": int(e_now), "transactions": int(t_now)},
+    rows, fresh, fresh_now, exchange_rows = await prepared.fetchrow(*values)
+    return TableCount(
+        rows=int(rows),
+        fresh=int(fresh),
+        fresh_now=None if fresh_now is None else int(fresh_now),
         exchange_transactions=None if exchange_rows is None else int(exchange_rows),
     )
 
@@ -838,14 +850,17 @@ async def _count_beside(
     params: dict[str, Any],
     nested: bool,
     exchanges: bool,
-) -> asyncio.Task[Counts]:
-    """Start the census scan beside the run: the run checks the fresh rows meanwhile, and
-    confirm_plan waits for the counts before anything it found is trusted."""
-
-    async def count(connection: AsyncConnection) -> Counts:
-        return await _count(connection, predicates, params, nested, exchanges)
-
-    return await beside(session, count)
+) -> dict[str, asyncio.Task[TableCount]]:
+    """Start the census scan beside the run, one table on each of two connections that share
+    its snapshot: the run checks the fresh rows meanwhile, and confirm_plan waits for the
+    counts before anything it found is trusted."""
+    tasks: dict[str, asyncio.Task[TableCount]] = {}
+    for table in ("entries", "transactions"):
+        count = functools.partial(
+            _count, predicates=predicates, params=params, nested=nested, exchanges=exchanges
+        )
+        tasks[table] = await beside(session, functools.partial(count, table=table))
+    return tasks
 
 
 async def digest_span_beside(session: AsyncSession, low: int, high: int) -> asyncio.Task[SealSpan]:
@@ -864,22 +879,38 @@ class CensusCount:
     as soon as the plan knows what to count). Waiting for the counts starts it, should nobody
     have."""
 
-    def __init__(self, begin: Callable[[], Awaitable[asyncio.Task[Counts]]]) -> None:
+    def __init__(self, begin: Callable[[], Awaitable[dict[str, asyncio.Task[TableCount]]]]) -> None:
         self._begin = begin  # _count_beside with its arguments
-        self._task: asyncio.Task[Counts] | None = None
+        self._tasks: dict[str, asyncio.Task[TableCount]] | None = None
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = await self._begin()
+        if self._tasks is None:
+            self._tasks = await self._begin()
 
     async def counts(self) -> Counts:
         await self.start()
-        assert self._task is not None
-        return await self._task
+        assert self._tasks is not None
+        try:
+            entries, transactions = await asyncio.gather(
+                self._tasks["entries"], self._tasks["transactions"]
+            )
+        except BaseException:
+            self.cancel()  # (the other table's scan, should it still run)
+            raise
+        e_now, t_now = entries.fresh_now, transactions.fresh_now
+        return Counts(
+            totals={"entries": entries.rows, "transactions": transactions.rows},
+            fresh={"entries": entries.fresh, "transactions": transactions.fresh},
+            fresh_now=None
+            if e_now is None or t_now is None
+            else {"entries": e_now, "transactions": t_now},
+            exchange_transactions=transactions.exchange_transactions,
+        )
 
     def cancel(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._tasks or {}).values():
+            if not task.cancel() and not task.cancelled():
+                task.exception()  # (retrieved, so that asyncio does not log it as lost)
 
 
 async def _census_seed(

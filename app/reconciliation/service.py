@@ -32,7 +32,7 @@ from app.core.pagination import PageParams, paginate_by_id
 from app.models import Account, Entry, LedgerSeal, ReconciliationRun
 from app.models.reconciliation import RunStatus
 from app.reconciliation import seals
-from app.reconciliation.checks import CHECKS
+from app.reconciliation.checks import CHECKS, incremental_prelude
 from app.reconciliation.findings import CheckResult
 
 logger = logging.getLogger("timebank.reconciliation")
@@ -246,8 +246,24 @@ async def _run_checks(
         else:
             plan = seals.Plan("full", "A run for one community checks all of its rows.")
         progress = _Progress(sessionmaker, run_id)
-        span = None
+        span = early = None
         try:
+            fresh = plan.fresh
+            if fresh is not None and community_id is None:
+                # The account pass goes to the database while this process checks the new
+                # transactions and digests the new span from the plan's rows (used only if
+                # every check passes and the census scan bears the plan out).
+                read = fresh.read if seal_requested and settled else None
+                early = await incremental_prelude(
+                    snapshot,
+                    community_id,
+                    fresh,
+                    lambda: (
+                        None
+                        if read is None or high_water <= fresh.high_water
+                        else seals.span_from_rows(read, fresh.high_water, high_water)
+                    ),
+                )
             results, tampering, last_seal, verified = await _check(
                 snapshot, community_id, plan, progress
             )
@@ -256,8 +272,9 @@ async def _run_checks(
             if sealing and _passed(results, tampering):
                 if span_beside is not None and beside_low == low:
                     span = await span_beside
+                elif early is not None and (early.low, early.high) == (low, high_water):
+                    span = early  # (valid only if the census scan bears the plan out, below)
                 elif plan.fresh is not None and plan.fresh.read is not None:
-                    # (While the census scan still counts; valid only if it bears the plan out.)
                     span = seals.span_from_rows(plan.fresh.read, low, high_water)
                 if span is None:  # (SQLite: digested now, in Python)
                     span = await seals.digest_span(snapshot, low, high_water)
@@ -265,7 +282,12 @@ async def _run_checks(
             # checks above ran meanwhile. Should the counts not bear the plan out, check again.
             confirmed = await seals.confirm_plan(snapshot, plan)
             if confirmed is not plan:
-                for cached in ("account_pass", "transaction_pass", "account_totals"):
+                for cached in (
+                    "account_pass",
+                    "transaction_pass",
+                    "transactions_read",
+                    "account_totals",
+                ):
                     snapshot.info.pop(cached, None)
                 plan = confirmed
                 span = None  # (it may have been digested from rows the counts did not bear out)

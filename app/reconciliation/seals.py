@@ -438,6 +438,14 @@ _CANDIDATES = {
     "(SELECT r.id, {columns}, {fresh} AS fresh, {fresh_now} AS fresh_now "
     "FROM transactions r WHERE r.id = t.id OFFSET 0) AS r LIMIT :limit",
 }
+# The same transaction rows as _CANDIDATES by one range of the primary key, from the least id
+# looked for to the greatest (_by_id_range): ids are UUIDv7 (app.core.ids), which grow with
+# time, so the transactions written since the last seal lie together at the end of the index.
+_CANDIDATES_IN_RANGE = (
+    "SELECT r.id, {columns}, {fresh} AS fresh, {fresh_now} AS fresh_now "
+    "FROM transactions r WHERE r.id >= CAST(:low AS uuid) AND r.id <= CAST(:high AS uuid) "
+    "LIMIT :limit"
+)
 _FRESH_ROWS = (
     "SELECT r.id, {columns}, {fresh} AS fresh, {fresh_now} AS fresh_now "
     "FROM {table} r WHERE {fresh} OR {fresh_now} LIMIT :limit"
@@ -944,8 +952,10 @@ async def _census_seed(
                 listed = {uuid.UUID(i) for i in expected.transactions}
                 probed = listed | {e["transaction_id"] for e in found["entries"]}
                 where = {"ids": list(probed)}
-            statement = _CANDIDATES[table].format(columns=_CENSUS_TABLES[table], **predicates)
-            rows = await _fetch(session, statement, params | where | {"limit": limit + 1})
+                rows = await _by_id_range(session, probed, predicates, params)
+            if rows is None:
+                statement = _CANDIDATES[table].format(columns=_CENSUS_TABLES[table], **predicates)
+                rows = await _fetch(session, statement, params | where | {"limit": limit + 1})
             if len(rows) > limit or (counts is not None and not _all_counted(rows, counts, table)):
                 rows = None  # fresh rows elsewhere: find them by the predicate
         if rows is None:
@@ -1049,6 +1059,35 @@ def span_from_rows(read: RowsRead, low: int, high: int) -> SealSpan | None:
 
 
 _ENTRY_ID = operator.itemgetter("id")
+
+
+# (_by_id_range reads a range of ids holding up to twice as many rows as ids, plus this.)
+RANGE_SLACK = 100
+
+
+async def _by_id_range(
+    session: AsyncSession, ids: set[Any], predicates: dict[str, str], params: dict[str, Any]
+) -> list[Any] | None:
+    """The transaction rows whose id is one of ``ids`` (every row with such an id, copies
+    included, as the look-ups of _CANDIDATES find them), read by one range of the primary key
+    from the least of the ids to the greatest and kept when their id is one of them; or None
+    when the range holds more than twice as many rows as ids (then each is looked up).
+
+    Every row whose id is one of ``ids`` lies in the range, so, the range read whole, the rows
+    kept are exactly those the look-ups would find. Why: for the bench's 5,000 new
+    transactions, 5,000 descents of the index cost about 15 ms; their UUIDv7 ids, close
+    together at the end of the index, are one range of it."""
+    named = [i for i in ids if i is not None]  # (no row has a NULL id equal to anything)
+    if not named:
+        return []
+    most = 2 * len(named) + RANGE_SLACK
+    statement = _CANDIDATES_IN_RANGE.format(columns=_CENSUS_TABLES["transactions"], **predicates)
+    rows = await _fetch(
+        session, statement, params | {"low": min(named), "high": max(named), "limit": most}
+    )
+    if len(rows) >= most:
+        return None
+    return [r for r in rows if r["id"] in ids]
 
 
 def _count_predicates(

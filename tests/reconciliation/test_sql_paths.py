@@ -275,3 +275,34 @@ def test_new_transactions_read_are_hashed_as_the_posting_engine_hashes_them() ->
     assert set(named) == {ids[4], ids[5], ids[6]}
     assert all(row.recomputed == row.content_hash for row in named.values())
     assert (named[ids[4]].zeros, named[ids[5]].total, named[ids[6]].entries) == (2, 1, 1)
+
+
+async def test_transaction_rows_read_by_a_range_of_ids_are_those_looked_up_one_by_one(
+    client: AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan reads the transactions it looks for by one range of the primary key: the
+    rows kept are those the look-ups one by one find; a range holding many more rows than
+    ids is left to the look-ups."""
+    books = await scenario(client, app)
+    window = seals.Window(3, 2**31)
+    predicates, params = seals._predicates(window, window)
+    wanted = {uuid.UUID(books.transfers[1]), uuid.UUID(books.transfers[3]), uuid.uuid4()}
+    async with read_snapshot(app.state.engine) as session:
+        in_range = await seals._by_id_range(session, {*wanted, None}, predicates, params)
+        one_by_one = await seals._fetch(
+            session,
+            seals._CANDIDATES["transactions"].format(
+                columns=seals._CENSUS_TABLES["transactions"], **predicates
+            ),
+            params | {"ids": list(wanted), "limit": 100},
+        )
+        assert in_range is not None
+        assert len(in_range) == 2
+        assert sorted(tuple(r) for r in in_range) == sorted(tuple(r) for r in one_by_one)
+        assert await seals._by_id_range(session, {None}, predicates, params) == []
+        ids = sorted(
+            (await session.execute(text("SELECT id FROM transactions ORDER BY id"))).scalars()
+        )
+        monkeypatch.setattr(seals, "RANGE_SLACK", 0)
+        assert len(ids) > 4
+        assert await seals._by_id_range(session, {ids[0], ids[-1]}, predicates, params) is None

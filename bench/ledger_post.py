@@ -202,6 +202,34 @@ async def pg_sessions(database: str) -> int:
         await engine.dispose()
 
 
+async def settle(database: str) -> None:
+    """VACUUM (ANALYZE) the database before a batch phase, ours and the reference's alike.
+
+    The load phase before each leaves tens of thousands of new rows for autovacuum, which
+    would otherwise work through them during the batches on one of the two cores. A worker
+    already busy on a table holds the VACUUM until it is done, so this also waits it out.
+    """
+    engine = create_async_engine(_seed.pg_url(database), isolation_level="AUTOCOMMIT")
+    t0 = time.perf_counter()
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("VACUUM (ANALYZE)"))
+    finally:
+        await engine.dispose()
+    print(f"settled (VACUUM (ANALYZE) before the batches) in {time.perf_counter() - t0:.1f} s")
+
+
+def machine_line(busy0: tuple[float, float], parts: dict[str, float]) -> str:
+    """Cores busy over a phase: the whole machine, its named parts, and everyone else."""
+    busy1 = _procs.machine_busy_seconds()
+    busy, total = busy1[0] - busy0[0], busy1[1] - busy0[1]
+    cores = os.cpu_count() or 1
+    wall = total / cores if total else 1.0
+    named = " + ".join(f"{name} {seconds / wall:.2f}" for name, seconds in parts.items())
+    others = busy - sum(parts.values())
+    return f"  CPU, cores busy:  machine {busy / wall:.2f} = {named} + others {others / wall:.2f}"
+
+
 async def bench_postgres(
     args: argparse.Namespace, tmp: Path, summary: Summary, cleanup: list[str]
 ) -> None:
@@ -252,6 +280,8 @@ async def bench_postgres(
             f"  new PostgreSQL sessions during the run (warm-up included): {sessions1 - sessions0:,}"
         )
         if not args.skip_batch:
+            await settle(ours_db)
+            busy0 = _procs.machine_busy_seconds()
             with _procs.BackendCpu(ours_db) as backends:
                 batch = await run_batches(
                     base_url=server.base_url,
@@ -273,6 +303,11 @@ async def bench_postgres(
             print(
                 f"  CPU per posting:  server {batch.server_cpu / max(1, batch.postings) * 1e6:,.0f}"
                 f" us, database {backends.seconds / counted * 1e6:,.0f} us"
+            )
+            print(
+                machine_line(
+                    busy0, {"server": batch.server_cpu, "database backends": backends.seconds}
+                )
             )
             if batch.failures:
                 print(f"  failures:         {dict(batch.failures)}")
@@ -361,6 +396,8 @@ async def bench_postgres(
                 f"  latency ms:       p50 {wide.p(50):.2f}  p90 {wide.p(90):.2f}  p99 {wide.p(99):.2f}"
             )
         if not args.skip_batch:
+            await settle(ref_db)
+            ref_busy0 = _procs.machine_busy_seconds()
             with _procs.BackendCpu(ref_db) as ref_backends:
                 ref_batch = await _reference.run_batch_reference(
                     url=ref_url,
@@ -377,6 +414,7 @@ async def bench_postgres(
             )
             counted = ref_batch.postings + args.batch_size
             print(f"  CPU per posting:  database {ref_backends.seconds / counted * 1e6:,.0f} us")
+            print(machine_line(ref_busy0, {"database backends": ref_backends.seconds}))
         print()
 
     if ours is not None:

@@ -268,25 +268,42 @@ class PostgresSinglePoster:
         raise _refusal(outcome, detail, community.id, community.as_written)
 
     async def _call(self, parameters: tuple[Any, ...]) -> asyncpg.Record:
-        if self._idle:
+        connection, opened = self._idle_connection()
+        reused = connection is not None
+        while True:
+            if connection is None:
+                connection, opened = await self._connect(), time.monotonic()
+            try:
+                row: asyncpg.Record = await connection.fetchrow(_CALL, *parameters)
+            except BaseException as exc:
+                if _connection_sound_after(exc, connection):
+                    self._release(connection, opened)  # the server refused: its transaction ended
+                else:
+                    connection.terminate()  # broken, or interrupted mid-call: never used again
+                if reused and _dropped_connection(exc):
+                    # A connection that waited idle was dropped (a database restart, a network
+                    # timeout): once more on a new one. The key makes that safe: a posting the
+                    # first call did commit is replayed, one still running is in progress.
+                    connection, reused = None, False
+                    continue
+                if isinstance(exc, asyncpg.UniqueViolationError):
+                    if exc.constraint_name == _KEY_CONSTRAINT:
+                        raise key_taken_concurrently() from exc  # a first request committed now
+                elif isinstance(exc, asyncpg.PostgresError) and exc.sqlstate in _BUSY_SQLSTATES:
+                    raise ledger_busy() from exc
+                raise
+            self._release(connection, opened)
+            return row
+
+    def _idle_connection(self) -> tuple[asyncpg.Connection | None, float]:
+        """The most recently used idle connection that is still open (asyncpg closes one when
+        the server ends it or the socket goes); closed ones are let go."""
+        while self._idle:
             connection, opened = self._idle.pop()
-        else:
-            connection, opened = await self._connect(), time.monotonic()
-        try:
-            row: asyncpg.Record = await connection.fetchrow(_CALL, *parameters)
-        except BaseException as exc:
-            if _connection_sound_after(exc, connection):
-                self._release(connection, opened)  # the server refused: its transaction ended
-            else:
-                connection.terminate()  # broken, or interrupted mid-call: never used again
-            if isinstance(exc, asyncpg.UniqueViolationError):
-                if exc.constraint_name == _KEY_CONSTRAINT:
-                    raise key_taken_concurrently() from exc  # a first request committed now
-            elif isinstance(exc, asyncpg.PostgresError) and exc.sqlstate in _BUSY_SQLSTATES:
-                raise ledger_busy() from exc
-            raise
-        self._release(connection, opened)
-        return row
+            if not connection.is_closed():
+                return connection, opened
+            connection.terminate()
+        return None, 0.0
 
     def _release(self, connection: asyncpg.Connection, opened: float) -> None:
         if self._closed or time.monotonic() - opened > self._recycle_seconds:
@@ -347,6 +364,16 @@ def _response_before_entries(transaction: PostedTransaction) -> tuple[str, str, 
     start = before_entries.rindex(_POSTED_AT) + len(_POSTED_AT)
     end = before_entries.index('"', start)
     return before_entries[:start], before_entries[start:end], before_entries[end:]
+
+
+def _dropped_connection(error: BaseException) -> bool:
+    """Whether ``error`` says the connection itself was gone (not a refusal, not a cancel).
+    A server's termination message that arrived while the connection was idle can leave
+    asyncpg's protocol mid-way, not yet closed: its next call fails as an internal error."""
+    return isinstance(
+        error,
+        (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError, *_CONNECTION_ENDING),
+    )
 
 
 def _connection_sound_after(error: BaseException, connection: asyncpg.Connection) -> bool:

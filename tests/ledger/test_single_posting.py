@@ -35,7 +35,7 @@ from app.ledger.schemas import TransactionCreate
 from app.ledger.service import transaction_read
 from app.models.ledger import Account, TransactionKind
 from tests.factories import IdentityApi, expect
-from tests.ledger.helpers import books_snapshot, check_books, open_books, refused
+from tests.ledger.helpers import balance, books_snapshot, check_books, open_books, refused
 from tests.reconciliation.helpers import db_id
 
 pytestmark = pytest.mark.anyio
@@ -273,6 +273,38 @@ async def test_the_posters_sessions_plan_the_function_once_not_per_call(
     assert await connection.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
 
 
+@pytest.mark.postgres_only
+async def test_a_posting_after_the_database_ended_the_posters_idle_session_is_made(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """The database ends the poster's idle session (as a restart or an idle timeout does):
+    the next posting is made on a new session, once, rather than answered 503."""
+    books = await open_books(IdentityApi(client, app), members=2, logins=False)
+    a, b = (m.account_id for m in books.members)
+
+    async def transfer(key: str) -> Response:
+        return await client.post(
+            f"/v1/communities/{books.id}/transactions",
+            json={"entries": [{"account_id": a, "minutes": 5}, {"account_id": b, "minutes": -5}]},
+            headers={**books.admin.headers, "Idempotency-Key": key},
+        )
+
+    expect(await transfer("before"), 201)
+    [(connection, _)] = app.state.single_poster._idle
+    async with app.state.engine.connect() as admin:
+        ended = await admin.scalar(
+            text("SELECT pg_terminate_backend(:pid)"), {"pid": connection.get_server_pid()}
+        )
+    assert ended
+
+    after = await transfer("after")
+
+    assert after.status_code == 201, after.text
+    assert "idempotency-replayed" not in after.headers
+    assert await balance(client, a, books.admin) == 10
+    await check_books(app)
+
+
 @pytest.mark.parametrize(
     ("error", "answer", "kept"),
     [
@@ -337,6 +369,89 @@ async def test_the_poster_reuses_its_connections_recycles_old_ones_and_closes_th
     assert connections.opened[0].terminated
     await poster.post(_posting())  # a call while closing: its connection is closed after it
     assert [c.terminated for c in connections.opened] == [True, True]
+
+
+class _DroppedWhileIdle(_FakeConnection):
+    """Answers its first call; by the next, the server or network has dropped it, which
+    asyncpg learns only when it is used (``error``) or already knows (``known``)."""
+
+    def __init__(self, error: BaseException, *, known: bool = False) -> None:
+        super().__init__()
+        self.error, self.known = error, known
+        self.attempts = 0
+
+    def is_closed(self) -> bool:
+        return self.terminated or (self.known and self.calls > 0)
+
+    async def fetchrow(self, *parameters: object) -> dict[str, object]:
+        self.attempts += 1
+        if self.calls:
+            self.terminated = True
+            raise self.error
+        return await super().fetchrow(*parameters)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+        ConnectionResetError("reset by peer"),
+        asyncpg.InterfaceError("connection is closed"),
+        asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+        asyncpg.InternalClientError("cannot switch to state 12; another operation is in progress"),
+    ],
+)
+async def test_a_connection_dropped_while_idle_costs_the_posting_nothing(
+    error: BaseException,
+) -> None:
+    """After a database restart the idle connection's next call fails: the posting is made
+    on a new connection instead of answering 503."""
+    made: list[_FakeConnection] = []
+
+    def make() -> _FakeConnection:
+        made.append(_DroppedWhileIdle(error) if not made else _FakeConnection())
+        return made[-1]
+
+    connections = _Connections(make)
+    poster = connections.poster()
+    await poster.post(_posting())
+
+    outcome = await poster.post(_posting())
+
+    assert (outcome.status, outcome.replayed) == (201, False)
+    assert [c.calls for c in connections.opened] == [1, 1]
+    assert [c.terminated for c in connections.opened] == [True, False]
+
+
+async def test_an_idle_connection_known_to_be_closed_is_let_go_before_the_call() -> None:
+    made: list[_FakeConnection] = []
+
+    def make() -> _FakeConnection:
+        made.append(
+            _DroppedWhileIdle(OSError("gone"), known=True) if not made else _FakeConnection()
+        )
+        return made[-1]
+
+    connections = _Connections(make)
+    poster = connections.poster()
+    await poster.post(_posting())
+
+    await poster.post(_posting())
+
+    closed = made[0]
+    assert isinstance(closed, _DroppedWhileIdle)
+    assert (closed.attempts, closed.terminated) == (1, True)  # no call on it once closed
+    assert [c.calls for c in connections.opened] == [1, 1]
+
+
+async def test_a_new_connection_that_fails_is_not_tried_again() -> None:
+    """Only a connection that waited idle gets a second try: a failure on a new one means
+    the database is unreachable now, and the client is told so (503, retry later)."""
+    connections = _Connections(lambda: _BrokenConnection(ConnectionResetError("refused")))
+    poster = connections.poster()
+    with pytest.raises(ConnectionResetError):
+        await poster.post(_posting())
+    assert len(connections.opened) == 1
 
 
 def test_an_outcome_the_service_does_not_know_is_a_defect_not_a_refusal() -> None:

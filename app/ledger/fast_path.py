@@ -19,7 +19,6 @@ access, the key, the balances) are rendered by the application's own DomainError
 from __future__ import annotations
 
 import json
-import re
 
 from fastapi.routing import APIRoute
 from fastapi.security.utils import get_authorization_scheme_param
@@ -31,36 +30,35 @@ from app.access.principal import TokenSubject, token_subject
 from app.core.errors import DomainError, domain_error_response
 from app.core.ids import parse_id
 from app.core.security import TokenService
+from app.ledger.idempotency import MAX_KEY_LENGTH
 from app.ledger.router import router as ledger_router
 from app.ledger.schemas import TransactionCreate
 from app.ledger.single_post import answer
 
-ROUTE_PATH = "/v1/communities/{community_id}/transactions"
-_PATH = re.compile(r"/v1/communities/([0-9A-Za-z-]{1,64})/transactions")
-_MAX_KEY_LENGTH = 255
+ROUTE_OPERATION = "create_transaction"
 
 
 class SinglePostingFastPath:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # The route itself says which paths are its own (and labels the request's metrics).
         self.route = next(
             route
             for route in ledger_router.routes
-            if isinstance(route, APIRoute)
-            and route.path == ROUTE_PATH
-            and "POST" in (route.methods or ())
+            if isinstance(route, APIRoute) and route.operation_id == ROUTE_OPERATION
         )
+        self.path = self.route.path_regex
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
             await self.app(scope, receive, send)
             return
-        match = _PATH.fullmatch(scope["path"])
+        match = self.path.match(scope["path"])
         if match is None:
             await self.app(scope, receive, send)
             return
         received: list[Message] = []
-        taken = await self._take(scope, receive, match.group(1), received)
+        taken = await self._take(scope, receive, match["community_id"], received)
         if taken is None:
             await self.app(scope, _replaying(received, receive), send)
             return
@@ -94,7 +92,7 @@ class SinglePostingFastPath:
         ):
             return None
         key_header = key.decode("latin-1")
-        if not 1 <= len(key_header) <= _MAX_KEY_LENGTH:
+        if not 1 <= len(key_header) <= MAX_KEY_LENGTH:
             return None
         scheme, token = get_authorization_scheme_param(authorization.decode("latin-1"))
         community_id = parse_id(raw_community)

@@ -9,14 +9,14 @@ from fastapi import Header, Request, Response
 from pydantic import BaseModel
 
 from app.access.principal import Principal, TokenSubject
-from app.ledger.idempotency import IdempotencyKey, Outcome, request_fingerprint
+from app.ledger.idempotency import MAX_KEY_LENGTH, IdempotencyKey, Outcome, request_fingerprint
 
 IdempotencyHeader = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
         min_length=1,
-        max_length=255,
+        max_length=MAX_KEY_LENGTH,
         description="A unique key per intended write (a UUID is ideal). A retry with the same "
         "key and body replays the first answer with `Idempotency-Replayed: true`.",
     ),
@@ -30,7 +30,7 @@ RequiredIdempotencyHeader = Annotated[
     Header(
         alias="Idempotency-Key",
         min_length=1,
-        max_length=255,
+        max_length=MAX_KEY_LENGTH,
         description="Required. A unique key per intended write (a UUID is ideal). A retry with "
         "the same key and body replays the first answer with `Idempotency-Replayed: true`.",
     ),

@@ -306,3 +306,21 @@ async def test_transaction_rows_read_by_a_range_of_ids_are_those_looked_up_one_b
         monkeypatch.setattr(seals, "RANGE_SLACK", 0)
         assert len(ids) > 4
         assert await seals._by_id_range(session, {ids[0], ids[-1]}, predicates, params) is None
+
+
+async def test_a_census_scan_that_fails_stops_the_other_tables_scan() -> None:
+    """The two tables are counted on two connections; should one scan fail, waiting for the
+    counts raises its error and the other scan is stopped, not left running."""
+    other = asyncio.ensure_future(asyncio.sleep(10))
+
+    async def fails() -> seals.TableCount:
+        raise RuntimeError("the scan failed")
+
+    async def begin() -> dict[str, Any]:
+        return {"entries": asyncio.ensure_future(fails()), "transactions": other}
+
+    counting = seals.CensusCount(begin)
+    with pytest.raises(RuntimeError, match="the scan failed"):
+        await counting.counts()
+    with pytest.raises(asyncio.CancelledError):
+        await other

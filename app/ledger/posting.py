@@ -274,35 +274,9 @@ async def _lock_apply_write(
     in_flight: asyncio.Task[None] | None = None
     try:
         for start, end in _chunks(len(requests)):
-            chunk: list[PostingOutcome] = []
-            written: list[PostedTransaction] = []
-            for index, request in requests[start:end]:
-                try:
-                    check_accounts_known(request, states, community.slug)
-                    entries = apply_posting(request, states)
-                except errors.LedgerError as exc:
-                    if atomic:
-                        exc.index = index
-                        raise
-                    chunk.append(PostingOutcome(index=index, error=exc))
-                    continue
-                transaction_id = next(transaction_ids)
-                posted = PostedTransaction(
-                    id=transaction_id,
-                    community_id=community.id,
-                    kind=request.kind,
-                    memo=request.memo,
-                    occurred_on=request.occurred_on,
-                    details=dict(request.details),
-                    posted_at=posted_at,
-                    posted_by_user_id=poster.user_id,
-                    posted_by_client_id=poster.client_id,
-                    reverses_id=request.reverses_id,
-                    content_hash=content_hash(transaction_id, community.id, request),
-                    entries=entries,
-                )
-                chunk.append(PostingOutcome(index=index, posted=posted))
-                written.append(posted)
+            chunk, written = _apply_chunk(
+                requests[start:end], states, community, poster, atomic, posted_at, transaction_ids
+            )
             # The statements carry the accounts' states as of this chunk's end: taken now,
             # before the next chunk changes them, and while the last chunk is being written.
             statements = _write_statements(is_postgres, written, states, posted_at)
@@ -326,6 +300,49 @@ async def _lock_apply_write(
             with contextlib.suppress(Exception):
                 await in_flight
     return outcomes
+
+
+def _apply_chunk(
+    requests: Sequence[tuple[int, PostingRequest]],
+    states: Mapping[uuid.UUID, AccountState],
+    community: Community,
+    poster: Poster,
+    atomic: bool,
+    posted_at: datetime,
+    transaction_ids: Iterator[uuid.UUID],
+) -> tuple[list[PostingOutcome], list[PostedTransaction]]:
+    """Apply ``requests`` to the locked states, in order: each one's outcome, and the
+    transactions to write. An atomic call's first refusal raises, naming its request."""
+    outcomes: list[PostingOutcome] = []
+    written: list[PostedTransaction] = []
+    for index, request in requests:
+        try:
+            check_accounts_known(request, states, community.slug)
+            entries = apply_posting(request, states)
+        except errors.LedgerError as exc:
+            if atomic:
+                exc.index = index
+                raise
+            outcomes.append(PostingOutcome(index=index, error=exc))
+            continue
+        transaction_id = next(transaction_ids)
+        posted = PostedTransaction(
+            id=transaction_id,
+            community_id=community.id,
+            kind=request.kind,
+            memo=request.memo,
+            occurred_on=request.occurred_on,
+            details=dict(request.details),
+            posted_at=posted_at,
+            posted_by_user_id=poster.user_id,
+            posted_by_client_id=poster.client_id,
+            reverses_id=request.reverses_id,
+            content_hash=content_hash(transaction_id, community.id, request),
+            entries=entries,
+        )
+        outcomes.append(PostingOutcome(index=index, posted=posted))
+        written.append(posted)
+    return outcomes, written
 
 
 def _chunks(count: int) -> Iterator[tuple[int, int]]:

@@ -320,12 +320,12 @@ async def _run_checks(
     note = None
     if span is not None:
         seal = seals.new_seal(last_seal, span, census)
+        if account_totals is not None:  # arrays made by PostgreSQL: stored as they are
+            account_totals.store_with(seal)
         try:
             async with sessionmaker() as session, session.begin():
                 session.add(seal)
                 await session.flush()
-                if account_totals is not None:  # arrays made by PostgreSQL: stored as they are
-                    await session.execute(seals.STORE_TOTALS, account_totals.stored_in(seal.id))
                 if last_seal is not None:
                     # Only the latest seal's totals are read; the digest stays in the census.
                     await session.execute(

@@ -4,6 +4,7 @@ verification is there on request and on a schedule (docs/seals.md)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import date
 from typing import Any
@@ -963,6 +964,53 @@ async def test_altered_account_totals_of_a_seal_are_tampering(
 
 
 @postgres_only
+async def test_a_seal_is_inserted_with_its_account_totals(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """The seal's INSERT stores its account totals, cast from the text they came as: the
+    stored arrays have the digest in its census, and sum what the entries it counts as old
+    sum; the next run takes them, and an edited cached balance is named from them."""
+    books = await sealed(client, app)
+    async with app.state.engine.connect() as connection:
+        seal_id, census = (
+            await connection.execute(
+                text(
+                    "SELECT id, CAST(census AS text) FROM ledger_seals "
+                    "WHERE totals_accounts IS NOT NULL"
+                )
+            )
+        ).one()
+        digest = await connection.scalar(seals.TOTALS_DIGEST, {"id": seal_id})
+        accounts, entries, balance = (
+            await connection.execute(
+                text(
+                    "SELECT cardinality(totals_accounts), "
+                    "(SELECT sum(n) FROM unnest(totals_entries) AS n), "
+                    "(SELECT sum(b) FROM unnest(totals_balances) AS b) "
+                    "FROM ledger_seals WHERE id = :id"
+                ),
+                {"id": seal_id},
+            )
+        ).one()
+    census = json.loads(census)
+    assert digest == census["totals_digest"]
+    assert census["entries"]["fresh"] == []
+    assert entries == await scalar(app, "SELECT count(*) FROM entries")
+    assert accounts == await scalar(app, "SELECT count(DISTINCT account_id) FROM entries")
+    assert balance == 0
+    a, b = books.members[0], books.members[1]
+    await post(client, books.id, books.admin, [(a.account_id, 2), (b.account_id, -2)])
+    await tamper(
+        app,
+        "UPDATE accounts SET balance = balance + 1, earned_total = earned_total + 1 WHERE id = :a",
+        a=db_id(app, b.account_id),
+    )
+    run = await reconcile(client, books.platform)
+    assert verification(run)["mode"] == "incremental"
+    assert [f["rows"] for f in failing(run)["cached_totals"]] == [{"account_id": b.account_id}]
+
+
+@postgres_only
 async def test_a_seal_without_its_account_totals_sums_every_entry_once(
     client: AsyncClient, app: FastAPI
 ) -> None:
@@ -1298,3 +1346,55 @@ async def test_an_incremental_run_seals_its_new_span_from_the_rows_its_plan_read
     monkeypatch.setattr(seals, "confirm_plan", confirm_plan)
     full = await reconcile(client, books.platform, full=True)
     assert full["status"] == "passed", failing(full)
+
+
+def test_the_plans_tally_is_what_a_pass_per_question_finds() -> None:
+    """_Tally gathers in one pass what _decide asked of the rows one question at a time: the
+    rows fresh to the last census apart from those fresh to this run alone, each account's
+    lowest fresh version, the accounts of listed entries, the ids found on two fresh rows
+    (which have no kind of their own), the exchanges and the originals named."""
+    a, b = uuid.uuid4(), uuid.uuid4()
+    t1, t2, t3, t4, original = (uuid.uuid4() for _ in range(5))
+
+    def entry(i: int, t: uuid.UUID, account: uuid.UUID, version: int, **flags: bool) -> Any:
+        fields = {"id": i, "transaction_id": t, "account_id": account, "account_version": version}
+        return fields | {"fresh": True, "fresh_now": False} | flags
+
+    def row(t: uuid.UUID, kind: str, reverses: uuid.UUID | None = None, **flags: bool) -> Any:
+        fields = {"id": t, "kind": kind, "reverses_id": reverses}
+        return fields | {"fresh": True, "fresh_now": False} | flags
+
+    entries = [
+        entry(11, t1, a, 7),
+        entry(12, t1, b, 3, fresh_now=True),
+        entry(13, t2, a, 5),
+        entry(14, t4, b, 9, fresh=False, fresh_now=True),
+    ]
+    transactions = [
+        row(t1, "exchange"),
+        row(t2, "reversal", original),
+        row(t3, "exchange"),
+        row(t3, "exchange"),
+        row(t4, "exchange", fresh=False, fresh_now=True),
+    ]
+    seed = seals.CensusSeed(
+        counts=None,
+        entries=entries,
+        transactions=transactions,
+        window_now=seals.Window.fresh_from(1),
+    )
+    tally = seals._Tally.of(seed, {12})
+    assert tally.entries == entries[:3]
+    assert tally.transactions == transactions[:4]
+    assert tally.entry_ids == {11, 12, 13}
+    assert tally.entries_transaction_ids == {t1, t2}
+    assert tally.chain_starts == {a: 5, b: 3}
+    assert tally.irregular_accounts == {b}
+    assert tally.entry_ids_now == [12, 14]
+    assert set(tally.transaction_rows) == {t1, t2, t3}
+    assert tally.doubled == {t3}
+    assert tally.exchanges == 3
+    assert tally.reversed_ids == {original}
+    assert tally.sole_rows_kinds(None) == {}
+    assert tally.sole_rows_kinds({t2}) == {t1: "exchange"}
+    assert tally.sole_rows_kinds(set()) == {t1: "exchange", t2: "reversal"}

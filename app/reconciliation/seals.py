@@ -653,7 +653,7 @@ class AccountTotals:
 
     def store_with(self, seal: LedgerSeal) -> None:
         """Have the seal's INSERT store these totals: the figures cast from their text by
-        PostgreSQL, as they came. (Until session 7 an UPDATE stored them after the INSERT: a
+        PostgreSQL, as they came. (Until late in session 6 an UPDATE stored them after the INSERT: a
         second statement, and a second version of the row and its arrays.)"""
         seal.totals_accounts = self.accounts
         seal.totals_entries = typing.cast(list[int], _figures(self.entries))
@@ -1209,7 +1209,7 @@ class Plan:
 @dataclass
 class _Tally:
     """What _decide needs from the rows the plan found, gathered in one pass over each
-    table's rows (until session 7, a dozen passes over the same 15,000 rows, ~5 ms)."""
+    table's rows (until late in session 6, a dozen passes over the same 15,000 rows, ~5 ms)."""
 
     # The rows fresh to the last census (the rest are fresh to this run's reference alone).
     entries: list[Any] = field(default_factory=list)

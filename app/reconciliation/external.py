@@ -42,7 +42,7 @@ import csv
 import io
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -131,13 +131,37 @@ def _resolve(value: str, by_email: dict[str, uuid.UUID], ids: set[uuid.UUID]) ->
     return by_email.get(value.lower())
 
 
+def not_csv(reader: csv.DictReader[str], error: csv.Error) -> ExternalFileError:
+    """A file the csv module cannot read on: refused whole, naming where it stopped."""
+    where = f"after line {reader.line_num}" if reader.line_num else "in its first line"
+    return ExternalFileError(f"The file is not valid CSV {where}: {error}.")
+
+
+def _rows(reader: csv.DictReader[str]) -> Iterator[dict[str, str]]:
+    """The reader's rows; a line the csv module cannot read refuses the file (a 422 that
+    names it), never a 500 nor a row skipped in silence."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise not_csv(reader, exc) from exc
+
+
 def parse_records(
     content: str, by_email: dict[str, uuid.UUID], ids: set[uuid.UUID], result: MatchResult
 ) -> list[Record]:
-    reader = csv.DictReader(io.StringIO(content))
-    if reader.fieldnames is None:
+    # newline="": the csv module reads line ends itself (a bare CR inside a field is then the
+    # field's, not a broken line).
+    reader = csv.DictReader(io.StringIO(content, newline=""))
+    try:
+        fieldnames = reader.fieldnames
+    except csv.Error as exc:
+        raise not_csv(reader, exc) from exc
+    if fieldnames is None:
         raise ExternalFileError("The file is empty; expected a header row.")
-    header = [h.strip().lower() for h in reader.fieldnames]
+    header = [h.strip().lower() for h in fieldnames]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise ExternalFileError(
@@ -145,7 +169,7 @@ def parse_records(
         )
     reader.fieldnames = header
     records: list[Record] = []
-    for raw in reader:
+    for raw in _rows(reader):
         line = reader.line_num
         if len(records) + len(result.rows["malformed"]) >= MAX_ROWS:
             raise ExternalFileError(f"At most {MAX_ROWS} rows per file.")

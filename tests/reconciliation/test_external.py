@@ -237,3 +237,55 @@ async def test_multipart_upload_csv_output_and_refusals(client: AsyncClient, app
         422,
         "validation_error",
     )
+
+
+async def test_a_file_the_csv_reader_cannot_read_is_refused_naming_the_line(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """Carriage returns (a fuzzer's bare CR in an unquoted field was a 500): a CR line end is a
+    line end, a row cut short in an open quote is a malformed row with its line, and a field
+    over the csv module's size limit refuses the file naming the line. Never a 500."""
+    w = await world(client, app)
+    e = w.exchanges
+    row = f"{e['e1']['id']},{day(0)},{w.a.member_id},{w.b.member_id},60,"
+    with_cr = expect(
+        await client.post(
+            w.url(),
+            content=f"{HEADER}\r{row}\r",
+            headers={**w.admin.headers, "Content-Type": "text/csv"},
+        ),
+        201,
+    )
+    assert with_cr["summary"]["matched"] == 1
+    assert with_cr["summary"]["malformed"] == 0
+
+    unterminated = expect(
+        await client.post(
+            w.url(),
+            content=f'{HEADER}\n{row}\nGP-2,{day(0)},x,"y\r',
+            headers={**w.admin.headers, "Content-Type": "text/csv"},
+        ),
+        201,
+    )
+    assert [r["line"] for r in unterminated["result"]["malformed"]] == [3]
+
+    refused = problem(
+        await client.post(
+            w.url(),
+            content=f"{HEADER}\n{row}\nGP-3,{day(0)},x,y,1,{'n' * 200_000}\n",
+            headers={**w.admin.headers, "Content-Type": "text/csv"},
+        ),
+        422,
+        "external_file_invalid",
+    )
+    assert "not valid CSV after line 2: field larger than field limit" in refused["detail"]
+    header_refused = problem(
+        await client.post(
+            w.url(),
+            content=f"{HEADER},{'h' * 200_000}\n{row}\n",
+            headers={**w.admin.headers, "Content-Type": "text/csv"},
+        ),
+        422,
+        "external_file_invalid",
+    )
+    assert "not valid CSV in its first line" in header_refused["detail"]

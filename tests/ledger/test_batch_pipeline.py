@@ -19,7 +19,7 @@ from app.ledger import posting
 from app.ledger.schemas import BatchResult
 from app.models import Transaction
 from tests.factories import Api, expect
-from tests.ledger.helpers import balance, books_snapshot, check_books, open_books, refused
+from tests.ledger.helpers import Books, balance, books_snapshot, check_books, open_books, refused
 
 pytestmark = pytest.mark.anyio
 
@@ -66,13 +66,12 @@ def _transfers(a: str, b: str, count: int) -> list[dict[str, Any]]:
     ]
 
 
-async def _post(
-    client: AsyncClient, url: str, headers: dict[str, str], items: list[dict[str, Any]]
-) -> Any:
+async def _post(client: AsyncClient, books: Books, items: list[dict[str, Any]]) -> Any:
+    """An atomic batch of ``items`` by the books' admin, under a fresh key."""
     return await client.post(
-        url,
+        f"/v1/communities/{books.id}/transactions/batch",
         json={"atomic": True, "transactions": items},
-        headers={**headers, "Idempotency-Key": str(uuid.uuid4())},
+        headers={**books.admin.headers, "Idempotency-Key": str(uuid.uuid4())},
     )
 
 
@@ -82,10 +81,9 @@ async def test_a_deadlock_in_a_later_chunk_retries_the_whole_batch_and_answers_w
 ) -> None:
     books = await open_books(Api(client, app), members=2, logins=False)
     a, b = (m.account_id for m in books.members)
-    url = f"/v1/communities/{books.id}/transactions/batch"
     calls = _failing_execute(monkeypatch, fail_on={2}, error=_Deadlock)
 
-    result = expect(await _post(client, url, books.admin.headers, _transfers(a, b, 8)), 200)
+    result = expect(await _post(client, books, _transfers(a, b, 8)), 200)
 
     # Three chunks, the second deadlocked once: three writes thrown away, three kept.
     assert len(calls) == 2 + 3
@@ -106,7 +104,6 @@ async def test_a_refusal_while_a_chunk_is_written_leaves_nothing_even_if_that_wr
 ) -> None:
     books = await open_books(Api(client, app), members=3, logins=False)
     a, b, c = (m.account_id for m in books.members)
-    url = f"/v1/communities/{books.id}/transactions/batch"
     _failing_execute(monkeypatch, fail_on={1}, error=_ConnectionLost)
     items = _transfers(a, b, 5)
     items[4] = {
@@ -114,7 +111,7 @@ async def test_a_refusal_while_a_chunk_is_written_leaves_nothing_even_if_that_wr
     }
     before = await books_snapshot(app)
 
-    problem = refused(await _post(client, url, books.admin.headers, items), 422, "batch_refused")
+    problem = refused(await _post(client, books, items), 422, "batch_refused")
 
     assert (problem["index"], problem["reason"]) == (4, "insufficient_balance")
     assert await books_snapshot(app) == before
@@ -126,11 +123,10 @@ async def test_a_failed_chunk_write_fails_the_batch_and_changes_nothing(
 ) -> None:
     books = await open_books(Api(client, app), members=2, logins=False)
     a, b = (m.account_id for m in books.members)
-    url = f"/v1/communities/{books.id}/transactions/batch"
     _failing_execute(monkeypatch, fail_on={2}, error=_ConnectionLost)
     before = await books_snapshot(app)
 
-    response = await _post(client, url, books.admin.headers, _transfers(a, b, 7))
+    response = await _post(client, books, _transfers(a, b, 7))
 
     assert response.status_code >= 500
     assert await books_snapshot(app) == before

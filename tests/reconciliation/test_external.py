@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from httpx import AsyncClient
+from httpx import AsyncClient, Response
 
 from tests.factories import Actor, Api, expect, problem
 from tests.reconciliation.helpers import reconcile, record_exchange
@@ -248,44 +248,23 @@ async def test_a_file_the_csv_reader_cannot_read_is_refused_naming_the_line(
     w = await world(client, app)
     e = w.exchanges
     row = f"{e['e1']['id']},{day(0)},{w.a.member_id},{w.b.member_id},60,"
-    with_cr = expect(
-        await client.post(
-            w.url(),
-            content=f"{HEADER}\r{row}\r",
-            headers={**w.admin.headers, "Content-Type": "text/csv"},
-        ),
-        201,
-    )
+
+    async def upload(content: str) -> Response:
+        return await client.post(
+            w.url(), content=content, headers={**w.admin.headers, "Content-Type": "text/csv"}
+        )
+
+    with_cr = expect(await upload(f"{HEADER}\r{row}\r"), 201)
     assert with_cr["summary"]["matched"] == 1
     assert with_cr["summary"]["malformed"] == 0
 
-    unterminated = expect(
-        await client.post(
-            w.url(),
-            content=f'{HEADER}\n{row}\nGP-2,{day(0)},x,"y\r',
-            headers={**w.admin.headers, "Content-Type": "text/csv"},
-        ),
-        201,
-    )
+    unterminated = expect(await upload(f'{HEADER}\n{row}\nGP-2,{day(0)},x,"y\r'), 201)
     assert [r["line"] for r in unterminated["result"]["malformed"]] == [3]
 
-    refused = problem(
-        await client.post(
-            w.url(),
-            content=f"{HEADER}\n{row}\nGP-3,{day(0)},x,y,1,{'n' * 200_000}\n",
-            headers={**w.admin.headers, "Content-Type": "text/csv"},
-        ),
-        422,
-        "external_file_invalid",
-    )
+    too_long = f"GP-3,{day(0)},x,y,1,{'n' * 200_000}"
+    refused = problem(await upload(f"{HEADER}\n{row}\n{too_long}\n"), 422, "external_file_invalid")
     assert "not valid CSV after line 2: field larger than field limit" in refused["detail"]
     header_refused = problem(
-        await client.post(
-            w.url(),
-            content=f"{HEADER},{'h' * 200_000}\n{row}\n",
-            headers={**w.admin.headers, "Content-Type": "text/csv"},
-        ),
-        422,
-        "external_file_invalid",
+        await upload(f"{HEADER},{'h' * 200_000}\n{row}\n"), 422, "external_file_invalid"
     )
     assert "not valid CSV in its first line" in header_refused["detail"]

@@ -1177,6 +1177,12 @@ class Fresh:
     # Every row the plan's look-ups returned (span_from_rows), when it found them there.
     read: RowsRead | None = None
 
+    @functools.cached_property
+    def looked_up(self) -> list[uuid.UUID]:
+        """The fresh transactions other than those checked from the rows the plan read
+        (transactions_read): these are looked up again, one by one."""
+        return [t for t in self.transaction_ids if t not in self.transactions_read]
+
 
 @dataclass
 class Plan:

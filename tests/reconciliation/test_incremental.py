@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from app.ledger.posting import Poster, PostingRequest, post_transactions
 from app.models import Community
 from app.models.ledger import TransactionKind
-from app.reconciliation import seals
+from app.reconciliation import checks, seals
 from tests.factories import expect
 from tests.ledger.helpers import post
 from tests.reconciliation.helpers import (
@@ -727,6 +727,44 @@ async def test_fresh_reversals_are_checked_by_the_kind_the_plan_read(
     found = failing(run)
     assert set(found) == {"reversals"}
     assert {f["rows"]["transaction_id"] for f in found["reversals"]} == {forged}
+    assert _findings(run) == _findings(await reconcile(client, books.platform, full=True))
+
+
+@postgres_only
+async def test_reversals_of_new_transactions_are_found_among_the_fresh_rows(
+    client: AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row naming a transaction that is new since the last seal (its row fresh, the only
+    one with its id, not listed by the census) is fresh itself: the run finds the reversals
+    of new transactions among the rows its plan read, and looks nothing up through
+    reverses_id for them. A legitimate reversal of a new posting raises nothing; one
+    written behind the service that does not mirror its new original is named as a full
+    run names it. (The statement that looks reversals up is made to fail here: it must not
+    be sent when every fresh transaction is new.)"""
+    books = await sealed(client, app)
+    a, b = books.members[0], books.members[1]
+    posted = await post(client, books.id, books.admin, [(a.account_id, 4), (b.account_id, -4)])
+    expect(
+        await client.post(
+            f"/v1/transactions/{posted['id']}/reversal", json={}, headers=books.admin.headers
+        ),
+        201,
+    )
+    original = await post(client, books.id, books.admin, [(a.account_id, 6), (b.account_id, -6)])
+    forged = await insert_transaction(
+        app,
+        books.id,
+        "reversal",
+        [(a.account_id, -5), (b.account_id, 5)],
+        reverses_id=original["id"],
+    )
+    monkeypatch.setattr(checks, "_FRESH_REVERSALS", "SELECT CAST(NULL AS uuid) WHERE 1 / 0 = 1")
+    run = await reconcile(client, books.platform, seal=False)
+    assert verification(run)["mode"] == "incremental"
+    found = failing(run)
+    assert set(found) == {"reversals"}
+    assert {f["rows"]["transaction_id"] for f in found["reversals"]} == {forged}
+    monkeypatch.undo()
     assert _findings(run) == _findings(await reconcile(client, books.platform, full=True))
 
 

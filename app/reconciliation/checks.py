@@ -1109,7 +1109,7 @@ class _Passed(NamedTuple):
     zeros: int | None
 
 
-_ENTRY_ID = operator.itemgetter("id")
+_ENTRY_ID = operator.itemgetter(0)
 
 
 def _by_id(row: Any) -> uuid.UUID:
@@ -1119,42 +1119,39 @@ def _by_id(row: Any) -> uuid.UUID:
 def _transactions_read(fresh: Fresh) -> list[Any]:
     """The new fresh transactions checked as _PER_TRANSACTION_SQL checks them, from the rows
     the plan read (Fresh.transactions_read: all their entries are among Fresh.entries_read):
-    those with something wrong, ordered by id."""
+    those with something wrong, ordered by id. (Rows read by position: seals.ENTRY_COLUMNS,
+    seals.TRANSACTION_COLUMNS.)"""
     read = fresh.transactions_read
-    accounts: dict[Any, str] = {}  # (each account id printed once)
-    lines: dict[Any, list[tuple[str, int]]] = {}
-    for entry in sorted(fresh.entries_read, key=_ENTRY_ID):
-        transaction_id = entry["transaction_id"]
+    lines: dict[Any, list[tuple[int, Any, int]]] = {}  # (entry id, account, minutes)
+    for entry in fresh.entries_read:
+        entry_id, transaction_id, account, _, amount = entry[:5]
         if transaction_id in read:
-            account = entry["account_id"]
-            printed = accounts.get(account)
-            if printed is None:
-                printed = accounts[account] = str(account)
             mine = lines.get(transaction_id)
             if mine is None:
-                lines[transaction_id] = [(printed, entry["amount"])]
+                lines[transaction_id] = [(entry_id, account, amount)]
             else:
-                mine.append((printed, entry["amount"]))
+                mine.append((entry_id, account, amount))
     rows = []
     for transaction_id, t in read.items():
-        mine = lines.get(transaction_id, [])
+        found = lines.get(transaction_id, ())
         # (head: the transaction's fields as text, printed by PostgreSQL with the row.)
-        if len(mine) == 2:  # (the usual case, as _content_digest orders it, without a sort)
-            (low, low_minutes), (high, high_minutes) = mine
-            if high < low:
-                (low, low_minutes), (high, high_minutes) = mine[1], mine[0]
-            text = f"{t['head']}\x1f{low}:{low_minutes}\x1f{high}:{high_minutes}"
+        if len(found) == 2:  # (the usual case, as _content_digest orders it, without a sort)
+            (first, low, low_minutes), (second, high, high_minutes) = found
+            low, high = str(low), str(high)
+            if high < low or (high == low and second < first):
+                low, low_minutes, high, high_minutes = high, high_minutes, low, low_minutes
+            text = f"{t[4]}\x1f{low}:{low_minutes}\x1f{high}:{high_minutes}"
             recomputed = hashlib.sha256(text.encode()).hexdigest()
             total = low_minutes + high_minutes
             zeros = (low_minutes == 0) + (high_minutes == 0)
-        else:
-            recomputed = _content_digest([t["head"]], mine)
-            total = sum(minutes for _, minutes in mine)
-            zeros = sum(1 for _, minutes in mine if minutes == 0)
-        if len(mine) < 2 or total != 0 or zeros > 0 or recomputed != t["content_hash"]:
-            passed = _Passed(
-                t["id"], True, t["content_hash"], recomputed, len(mine) or None, total, zeros
-            )
+        else:  # (in entry-id order: _content_digest keeps it among lines of one account)
+            printed = [(str(a), minutes) for _, a, minutes in sorted(found, key=_ENTRY_ID)]
+            recomputed = _content_digest([t[4]], printed)
+            total = sum(minutes for _, minutes in printed)
+            zeros = sum(1 for _, minutes in printed if minutes == 0)
+        count, content_hash = len(found), t[3]
+        if count < 2 or total != 0 or zeros > 0 or recomputed != content_hash:
+            passed = _Passed(t[0], True, content_hash, recomputed, count or None, total, zeros)
             rows.append(passed)
     return sorted(rows, key=_by_id)
 

@@ -1213,7 +1213,8 @@ def test_exchange_transactions_left_uncounted_stay_out_of_the_census() -> None:
     seed = seals.CensusSeed(counts=None, entries=[], transactions=[], window_now=window)
     assert seed.old_exchange_transactions is None
     seed.exchange_transactions = 4
-    seed.transactions = [{"id": 1, "kind": "exchange", "fresh": True, "fresh_now": True}]
+    fields = {"id": 1, "kind": "exchange", "fresh": True, "fresh_now": True}
+    seed.transactions = [tuple(fields.get(column) for column in seals.TRANSACTION_COLUMNS)]
     assert seed.old_exchange_transactions == 3
 
 
@@ -1396,11 +1397,13 @@ def test_the_plans_tally_is_what_a_pass_per_question_finds() -> None:
 
     def entry(i: int, t: uuid.UUID, account: uuid.UUID, version: int, **flags: bool) -> Any:
         fields = {"id": i, "transaction_id": t, "account_id": account, "account_version": version}
-        return fields | {"fresh": True, "fresh_now": False} | flags
+        fields |= {"fresh": True, "fresh_now": False} | flags
+        return tuple(fields.get(column) for column in seals.ENTRY_COLUMNS)
 
     def row(t: uuid.UUID, kind: str, reverses: uuid.UUID | None = None, **flags: bool) -> Any:
         fields = {"id": t, "kind": kind, "reverses_id": reverses}
-        return fields | {"fresh": True, "fresh_now": False} | flags
+        fields |= {"fresh": True, "fresh_now": False} | flags
+        return tuple(fields.get(column) for column in seals.TRANSACTION_COLUMNS)
 
     entries = [
         entry(11, t1, a, 7),

@@ -171,6 +171,12 @@ async def test_an_incremental_plans_rows_digest_the_new_span_as_the_database_doe
             plan.abandon()
 
 
+def _row(columns: tuple[str, ...], fields: dict[str, Any]) -> tuple[Any, ...]:
+    """A row as the plan's statements give it: its columns in their order (the code reads them
+    by position), None for those not given."""
+    return tuple(fields.get(column) for column in columns)
+
+
 def _entry(entry_id: int, transaction_id: uuid.UUID, **changed: Any) -> dict[str, Any]:
     row = {
         "id": entry_id,
@@ -195,7 +201,12 @@ def test_rows_that_do_not_say_the_same_for_certain_leave_the_span_to_the_databas
     entries = [_entry(14, two), _entry(11, one), _entry(12, one), _entry(13, two), _entry(9, one)]
 
     def read(rows: list[dict[str, Any]], found: list[dict[str, Any]] = transactions) -> Any:
-        return seals.RowsRead(10, rows, found, {one, two, three})
+        return seals.RowsRead(
+            10,
+            [_row(seals.ENTRY_COLUMNS, row) for row in rows],
+            [_row(seals.TRANSACTION_COLUMNS, row) for row in found],
+            {one, two, three},
+        )
 
     span = seals.span_from_rows(read(entries), 10, 13)
     assert span is not None
@@ -241,24 +252,23 @@ def test_new_transactions_read_are_hashed_as_the_posting_engine_hashes_them() ->
         uuid.uuid4(): [(low, 4), (high, -3)],
         uuid.uuid4(): [(low, 4)],
     }
-    entries: list[dict[str, Any]] = []
-    read: dict[uuid.UUID, dict[str, Any]] = {}
+    entries: list[tuple[Any, ...]] = []
+    read: dict[uuid.UUID, tuple[Any, ...]] = {}
     for transaction_id, lines in cases.items():
         head = [str(transaction_id), str(community), "transfer", "2026-01-02", "", "memo"]
         stored = checks.transaction_content_hash(
             transaction_id, community, "transfer", "2026-01-02", None, "memo", lines
         )
-        read[transaction_id] = {"id": transaction_id, "head": "\x1f".join(head)}
-        read[transaction_id]["content_hash"] = stored
+        fields = {"id": transaction_id, "head": "\x1f".join(head), "content_hash": stored}
+        read[transaction_id] = _row(seals.TRANSACTION_COLUMNS, fields)
         for account, minutes in lines:
-            entries.append(
-                {
-                    "id": 100 + len(entries),
-                    "transaction_id": transaction_id,
-                    "account_id": account,
-                    "amount": minutes,
-                }
-            )
+            entry = {
+                "id": 100 + len(entries),
+                "transaction_id": transaction_id,
+                "account_id": account,
+                "amount": minutes,
+            }
+            entries.append(_row(seals.ENTRY_COLUMNS, entry))
     fresh = seals.Fresh(
         entry_ids=[],
         transaction_ids=list(cases),

@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import uuid
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from fastapi import FastAPI
@@ -334,3 +334,49 @@ async def test_a_census_scan_that_fails_stops_the_other_tables_scan() -> None:
         await counting.counts()
     with pytest.raises(asyncio.CancelledError):
         await other
+
+
+async def test_the_census_scan_is_on_its_way_before_the_run_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """_count_beside returns once each table's statement has been sent, or its scan has
+    ended (a scan that fails before it sends returns at once, and waiting for the counts
+    raises its error); should the run be stopped while it waits, both scans are stopped."""
+    started: list[str] = []
+    made: list[asyncio.Task[Any]] = []
+
+    async def beside(session: Any, work: Any) -> asyncio.Task[Any]:
+        made.append(asyncio.ensure_future(work(None)))
+        return made[-1]
+
+    async def count(connection: Any, *args: Any, **more: Any) -> seals.TableCount:
+        started.append(more["table"])
+        if more["table"] == "entries":
+            raise RuntimeError("the scan failed")
+        more["sent"].set()
+        await asyncio.sleep(10)
+        raise AssertionError("not stopped")
+
+    monkeypatch.setattr(seals, "beside", beside)
+    monkeypatch.setattr(seals, "_count", count)
+    tasks = await seals._count_beside(cast(Any, None), {}, {}, True, False)
+    assert started == ["entries", "transactions"]
+    assert tasks["entries"].done()
+    assert not tasks["transactions"].done()  # (sent, and counting)
+    with pytest.raises(RuntimeError, match="the scan failed"):
+        await seals.CensusCount(lambda: asyncio.sleep(0, tasks)).counts()
+    with pytest.raises(asyncio.CancelledError):
+        await tasks["transactions"]
+
+    async def never_sent(connection: Any, *args: Any, **more: Any) -> seals.TableCount:
+        await asyncio.sleep(10)
+        raise AssertionError("not stopped")
+
+    monkeypatch.setattr(seals, "_count", never_sent)
+    waiting = asyncio.ensure_future(seals._count_beside(cast(Any, None), {}, {}, True, False))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    waiting.cancel()
+    for task in (waiting, *made[2:]):
+        with pytest.raises(asyncio.CancelledError):
+            await task

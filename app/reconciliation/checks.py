@@ -50,7 +50,7 @@ from app.models.ledger import AccountKind, TransactionKind
 from app.reconciliation.findings import CheckResult, Finding
 from app.reconciliation.seals import (
     SEAL_TOTALS,
-    TOTALS_COLUMNS,
+    TOTALS_COLUMNS_AFTER_SEAL,
     AccountTotals,
     Fresh,
     driver_parameters,
@@ -372,7 +372,7 @@ async def _send_account_pass(session: AsyncSession, fresh: Fresh) -> asyncio.Tas
         fresh=written_since,
         seal_totals=SEAL_TOTALS,
         totals=totals_ctes(fresh.entry_ids_now),
-        columns=TOTALS_COLUMNS,
+        columns=TOTALS_COLUMNS_AFTER_SEAL,
     )
     numbered, values = driver_parameters(statement, params)
     raw = await (await session.connection()).get_raw_connection()
@@ -391,7 +391,7 @@ def _keep_account_pass(
     for record in records:
         row = SimpleNamespace(**dict(record.items()))
         if row.kind == "totals":
-            session.info["account_totals"] = (fresh, AccountTotals.of(row))
+            session.info["account_totals"] = (fresh, AccountTotals.of(row, fresh.totals_of))
         else:
             rows.append(row)
     session.info["account_pass"] = (community_id, rows)

@@ -1001,14 +1001,9 @@ async def test_altered_account_totals_of_a_seal_are_tampering(
     assert run["report"]["seal"] is None
 
 
-@postgres_only
-async def test_a_seal_is_inserted_with_its_account_totals(
-    client: AsyncClient, app: FastAPI
-) -> None:
-    """The seal's INSERT stores its account totals, cast from the text they came as: the
-    stored arrays have the digest in its census, and sum what the entries it counts as old
-    sum; the next run takes them, and an edited cached balance is named from them."""
-    books = await sealed(client, app)
+async def _latest_totals(app: FastAPI) -> tuple[Any, dict[str, Any], str]:
+    """The seal that keeps account totals (the latest), its census, and the digest of the
+    totals as stored."""
     async with app.state.engine.connect() as connection:
         seal_id, census = (
             await connection.execute(
@@ -1019,6 +1014,19 @@ async def test_a_seal_is_inserted_with_its_account_totals(
             )
         ).one()
         digest = await connection.scalar(seals.TOTALS_DIGEST, {"id": seal_id})
+    return seal_id, json.loads(census), digest
+
+
+@postgres_only
+async def test_a_seal_is_inserted_with_its_account_totals(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """The seal's INSERT stores its account totals, cast from the text they came as: the
+    stored arrays have the digest in its census, and sum what the entries it counts as old
+    sum; the next run takes them, and an edited cached balance is named from them."""
+    books = await sealed(client, app)
+    seal_id, census, digest = await _latest_totals(app)
+    async with app.state.engine.connect() as connection:
         accounts, entries, balance = (
             await connection.execute(
                 text(
@@ -1030,7 +1038,6 @@ async def test_a_seal_is_inserted_with_its_account_totals(
                 {"id": seal_id},
             )
         ).one()
-    census = json.loads(census)
     assert digest == census["totals_digest"]
     assert census["entries"]["fresh"] == []
     assert entries == await scalar(app, "SELECT count(*) FROM entries")
@@ -1046,6 +1053,51 @@ async def test_a_seal_is_inserted_with_its_account_totals(
     run = await reconcile(client, books.platform)
     assert verification(run)["mode"] == "incremental"
     assert [f["rows"] for f in failing(run)["cached_totals"]] == [{"account_id": b.account_id}]
+
+
+@postgres_only
+async def test_a_seal_copies_the_account_ids_of_the_last_when_they_are_the_same(
+    client: AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An incremental sealing run whose totals name the same accounts, in the same order, as
+    the last seal's has its INSERT copy the ids from the last seal's row instead of sending
+    them; when an account has its first entries since, they are sent. Either way the stored
+    totals have the digest in the seal's census and cover every account with entries, and
+    the next run takes them and passes."""
+    books = await sealed(client, app)
+    made: list[seals.AccountTotals] = []
+    store_with = seals.AccountTotals.store_with
+
+    def spy(totals: seals.AccountTotals, seal: Any) -> None:
+        made.append(totals)
+        store_with(totals, seal)
+
+    monkeypatch.setattr(seals.AccountTotals, "store_with", spy)
+
+    async def stored() -> tuple[str, str, int]:
+        seal_id, census, digest = await _latest_totals(app)
+        accounts = await scalar(
+            app,
+            "SELECT cardinality(totals_accounts) FROM ledger_seals WHERE id = :id",
+            id=seal_id,
+        )
+        return digest, census["totals_digest"], accounts
+
+    await seal_a_posting(client, books, 3)
+    digest, in_census, accounts = await stored()
+    assert digest == in_census
+    assert accounts == await scalar(app, "SELECT count(DISTINCT account_id) FROM entries")
+    newcomer = await books.api.member(books.id, books.admin)
+    a = books.members[0]
+    await post(client, books.id, books.admin, [(newcomer.account_id, 4), (a.account_id, -4)])
+    run = await reconcile(client, books.platform)
+    assert run["status"] == "passed", failing(run)
+    assert verification(run)["mode"] == "incremental"
+    digest, in_census, more = await stored()
+    assert digest == in_census
+    assert more == accounts + 1
+    assert [totals.accounts is None for totals in made] == [True, False]
+    await seal_a_posting(client, books, 2)
 
 
 @postgres_only

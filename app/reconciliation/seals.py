@@ -586,10 +586,15 @@ _ENTRIES_BY_ID = (
     "(SELECT e.* FROM unnest(CAST(:{ids} AS bigint[])) AS f(id) CROSS JOIN LATERAL "
     "(SELECT account_id, amount FROM entries WHERE id = f.id OFFSET 0) AS e) AS e"
 )
+# (The four arrays unnested side by side in the select list, which steps through them
+# together as unnest(a, b, c, d) does, NULLs past the end of a shorter one, but without
+# storing each array's rows first as that function scan does: 4.6 -> 1.2 ms at 10,000
+# accounts, the account pass 46 -> 40 ms.)
 SEAL_TOTALS = (
-    "SELECT o.account_id, o.n, o.t, o.earned, o.earned - o.t AS spent FROM ledger_seals s "
-    "CROSS JOIN LATERAL unnest(s.totals_accounts, s.totals_entries, s.totals_balances, "
-    "s.totals_earned) AS o(account_id, n, t, earned) WHERE s.id = CAST(:seal AS uuid)"
+    "SELECT account_id, n, t, earned, earned - t AS spent FROM (SELECT "
+    "unnest(s.totals_accounts) AS account_id, unnest(s.totals_entries) AS n, "
+    "unnest(s.totals_balances) AS t, unnest(s.totals_earned) AS earned "
+    "FROM ledger_seals s WHERE s.id = CAST(:seal AS uuid)) AS o"
 )
 
 

@@ -32,7 +32,7 @@ from datetime import date, datetime
 from operator import itemgetter
 from typing import Any, cast
 
-from sqlalchemy import Executable, Table, bindparam, insert, literal, select, text, update
+from sqlalchemy import Executable, Table, bindparam, func, insert, literal, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -355,11 +355,11 @@ def _chunks(count: int) -> Iterator[tuple[int, int]]:
 
 _LOCK_ACCOUNTS_POSTGRES = text(
     """
-    SELECT a.id, a.community_id, a.status, a.min_balance, a.max_balance, a.balance, a.version,
-           a.earned_total, a.spent_total, c.default_min_balance, c.default_max_balance,
-           a.updated_at
+    SELECT a.id, a.status, coalesce(a.min_balance, c.default_min_balance),
+           coalesce(a.max_balance, c.default_max_balance), a.balance, a.version,
+           a.earned_total, a.spent_total, a.updated_at
     FROM accounts AS a JOIN communities AS c ON c.id = a.community_id
-    WHERE a.id = ANY(CAST(:ids AS uuid[]))
+    WHERE a.id = ANY(CAST(:ids AS uuid[])) AND a.community_id = CAST(:community AS uuid)
     ORDER BY a.id
     FOR UPDATE OF a FOR SHARE OF c
     """
@@ -369,76 +369,48 @@ _LOCK_ACCOUNTS_POSTGRES = text(
 async def _lock_accounts(
     session: AsyncSession, community: Community, account_ids: list[uuid.UUID]
 ) -> dict[uuid.UUID, AccountState]:
-    """Lock the accounts in ascending id order and read their state.
+    """Lock the community's accounts among ``account_ids`` in ascending id order and read
+    their state (another community's account is, to this one, no account: neither read nor
+    locked).
 
     On PostgreSQL the community row is share-locked in the same statement, so its default
     limits cannot change under a posting (a PATCH waits for it, or it waits for the PATCH).
     One array parameter keeps one prepared statement whatever the number of accounts.
     """
     if session.get_bind().dialect.name == "postgresql":
-        rows = await session.execute(_LOCK_ACCOUNTS_POSTGRES, {"ids": account_ids})
+        rows = await session.execute(
+            _LOCK_ACCOUNTS_POSTGRES, {"ids": account_ids, "community": community.id}
+        )
     else:
         c = _accounts.c
         rows = await session.execute(
             select(
                 c.id,
-                c.community_id,
                 c.status,
-                c.min_balance,
-                c.max_balance,
+                func.coalesce(c.min_balance, literal(community.default_min_balance)),
+                func.coalesce(c.max_balance, literal(community.default_max_balance)),
                 c.balance,
                 c.version,
                 c.earned_total,
                 c.spent_total,
-                literal(community.default_min_balance),
-                literal(community.default_max_balance),
                 c.updated_at,
             )
-            .where(c.id.in_(account_ids))
+            .where(c.id.in_(account_ids), c.community_id == community.id)
             .order_by(c.id)
             .with_for_update()
         )
-    return account_states(rows, community.id)
+    return account_states(rows)
 
 
-def account_states(
-    rows: Iterable[Sequence[Any]], community_id: uuid.UUID
-) -> dict[uuid.UUID, AccountState]:
-    """The locked accounts' states from rows of (id, community id, status, min balance, max
-    balance, balance, version, earned, spent, community default min, community default max,
-    updated at).
+def account_states(rows: Iterable[Sequence[Any]]) -> dict[uuid.UUID, AccountState]:
+    """The locked accounts' states from rows of (id, status, min balance, max balance, balance,
+    version, earned, spent, updated at), the limits those in force (the account's own, else
+    the community's default).
 
-    Positional unpacking: a batch locks up to 2,000 accounts, and named access on result rows
-    costs more than the query. Another community's account is, to this one, no account.
+    Positional: a batch locks up to 2,000 accounts, and named access on result rows or
+    keyword arguments cost more than the query's own decoding.
     """
-    return {
-        id_: AccountState(
-            id=id_,
-            status=status,
-            min_balance=default_min if min_balance is None else min_balance,
-            max_balance=default_max if max_balance is None else max_balance,
-            balance=balance,
-            version=version,
-            earned_total=earned,
-            spent_total=spent,
-            updated_at=updated_at,
-        )
-        for (
-            id_,
-            account_community_id,
-            status,
-            min_balance,
-            max_balance,
-            balance,
-            version,
-            earned,
-            spent,
-            default_min,
-            default_max,
-            updated_at,
-        ) in rows
-        if account_community_id == community_id
-    }
+    return {row[0]: AccountState(*row) for row in rows}
 
 
 def posting_time(now: datetime, accounts: Iterable[AccountState]) -> datetime:

@@ -76,11 +76,11 @@ _STORED_OUTCOME = """
 """
 _FORGET_EXPIRED = "DELETE FROM idempotency_records WHERE principal = :principal AND key = :key"
 _ACCOUNTS = """
-    SELECT a.id, a.community_id, a.status, a.min_balance, a.max_balance, a.balance, a.version,
-           a.earned_total, a.spent_total, c.default_min_balance, c.default_max_balance,
-           a.updated_at
+    SELECT a.id, a.status, coalesce(a.min_balance, c.default_min_balance),
+           coalesce(a.max_balance, c.default_max_balance), a.balance, a.version,
+           a.earned_total, a.spent_total, a.updated_at
     FROM accounts AS a JOIN communities AS c ON c.id = a.community_id
-    WHERE a.id IN ({placeholders})
+    WHERE a.id IN ({placeholders}) AND a.community_id = ?
 """
 _INSERT_TRANSACTION = """
     INSERT INTO transactions (id, community_id, kind, memo, occurred_on, details, posted_at,
@@ -327,15 +327,13 @@ class SqliteSinglePoster:
         lock, so no locking order is needed), with their new states, or the refusal."""
         account_ids = {self._encode.id(account): account for account, _ in request.lines}
         placeholders = ", ".join("?" * len(account_ids))
-        rows = db.execute(_ACCOUNTS.format(placeholders=placeholders), tuple(account_ids))
-        communities = {self._encode.id(transaction.community_id): transaction.community_id}
+        rows = db.execute(
+            _ACCOUNTS.format(placeholders=placeholders),
+            (*account_ids, self._encode.id(transaction.community_id)),
+        )
         instant = self._encode.read_instant
         states = account_states(
-            (
-                (account_ids[id_], communities.get(community_id), *rest, instant(updated_at))
-                for id_, community_id, *rest, updated_at in rows
-            ),
-            transaction.community_id,
+            (account_ids[id_], *rest, instant(updated_at)) for id_, *rest, updated_at in rows
         )
         check_accounts_known(request, states, slug)
         posted_at = posting_time(transaction.posted_at, states.values())

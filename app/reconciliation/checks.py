@@ -51,6 +51,7 @@ from app.reconciliation.findings import CheckResult, Finding
 from app.reconciliation.seals import (
     SEAL_TOTALS,
     TOTALS_COLUMNS_AFTER_SEAL,
+    AccountPass,
     AccountTotals,
     Fresh,
     driver_parameters,
@@ -354,24 +355,47 @@ SELECT 'totals', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NUL
 
 
 async def _send_account_pass(session: AsyncSession, fresh: Fresh) -> asyncio.Task[list[Any]]:
+    """The account pass of ``fresh`` (send_account_pass): the one its plan sent, or sent now."""
+    if fresh.account_pass is not None:
+        return fresh.account_pass
+    assert fresh.totals_of is not None
+    below = [i for i in fresh.entry_ids if i <= fresh.high_water]
+    return await send_account_pass(
+        session,
+        AccountPass(
+            fresh.totals_of,
+            fresh.window,
+            fresh.high_water,
+            below,
+            fresh.entry_ids_now,
+            fresh.irregular_accounts,
+        ),
+    )
+
+
+async def send_account_pass(
+    session: AsyncSession, account_pass: AccountPass
+) -> asyncio.Task[list[Any]]:
     """Send the incremental account pass (_ACCOUNTS_FROM_TOTALS) on the run's connection and
     return once the statement is on its way: the task's result is its rows. Every account's
     figures are the last seal's totals plus the fresh entries; the entries the census vouches
     for are not summed again. The same statement makes the next seal's totals, should the run
     seal, and checks the chain tails of the accounts whose entries the last census did not
-    list (balance_chains takes the "chain" rows)."""
-    written_since, window = fresh.window.predicate("reference")
+    list (balance_chains takes the "chain" rows). An incremental plan sends it as soon as it
+    knows it takes the last seal's totals (seals.plan_verification), while the rest of the
+    plan is made."""
+    written_since, window = account_pass.window.predicate("reference")
     params: dict[str, Any] = window | {
-        "seal": str(fresh.totals_of),
-        "above": fresh.high_water,
-        "below": [i for i in fresh.entry_ids if i <= fresh.high_water],
-        "fresh_now": fresh.entry_ids_now,
-        "irregular": list(fresh.irregular_accounts),
+        "seal": str(account_pass.totals_of),
+        "above": account_pass.high_water,
+        "below": account_pass.below,
+        "fresh_now": account_pass.fresh_now,
+        "irregular": list(account_pass.irregular),
     }
     statement = _ACCOUNTS_FROM_TOTALS.format(
         fresh=written_since,
         seal_totals=SEAL_TOTALS,
-        totals=totals_ctes(fresh.entry_ids_now),
+        totals=totals_ctes(account_pass.fresh_now),
         columns=TOTALS_COLUMNS_AFTER_SEAL,
     )
     numbered, values = driver_parameters(statement, params)

@@ -1255,6 +1255,8 @@ class Fresh:
     reversed_ids: set[uuid.UUID] = field(default_factory=set)
     # Every row the plan's look-ups returned (span_from_rows), when it found them there.
     read: RowsRead | None = None
+    # The account pass, sent while the plan was made (_decide): its rows, once read.
+    account_pass: asyncio.Task[list[Any]] | None = None
 
     @functools.cached_property
     def looked_up(self) -> list[uuid.UUID]:
@@ -1279,9 +1281,12 @@ class Plan:
     provisional: Provisional | None = None
 
     def abandon(self) -> None:
-        """Stop counting beside, should the run end before confirm_plan."""
+        """Stop counting beside, should the run end before confirm_plan (and the account
+        pass, should the run end before reading it)."""
         if self.fresh is not None and self.fresh.counted is not None:
             self.fresh.counted.cancel()
+        if self.fresh is not None and self.fresh.account_pass is not None:
+            self.fresh.account_pass.cancel()
 
     def as_dict(self) -> dict[str, Any]:
         report: dict[str, Any] = {"mode": self.mode, "reason": self.reason}
@@ -1289,6 +1294,69 @@ class Plan:
             report["fresh_entries"] = len(self.fresh.entry_ids)
             report["fresh_transactions"] = len(self.fresh.transaction_ids)
         return report
+
+
+@dataclass
+class _Glance:
+    """What _decide needs before anything else, in a quick pass over each table's rows: how
+    many rows are fresh to the last census, which of the rows it listed are among them, and
+    what the account pass asks (AccountPass), so that the account pass can be on its way
+    while the rest of the plan is made (_Tally)."""
+
+    entries: int = 0
+    transactions: int = 0
+    listed_entries_found: set[Any] = field(default_factory=set)
+    listed_transactions_found: set[Any] = field(default_factory=set)
+    # The fresh entries at or below the last seal's mark (those the census listed, or rows
+    # written into a gap).
+    entries_below: list[int] = field(default_factory=list)
+    # Entries fresh to this run's own reference (fresh to the last census or not).
+    entry_ids_now: list[int] = field(default_factory=list)
+    # Accounts with a fresh entry that the last census listed.
+    irregular_accounts: set[Any] = field(default_factory=set)
+
+    @classmethod
+    def of(
+        cls, seed: CensusSeed, listed_entries: set[int], listed: set[Any], high_water: int
+    ) -> _Glance:
+        glance = cls()
+        now, below = glance.entry_ids_now, glance.entries_below
+        for entry_id, _, account, _, _, _, fresh, fresh_now in seed.entries:  # (ENTRY_COLUMNS)
+            if fresh_now:
+                now.append(int(entry_id))
+            if not fresh:
+                continue
+            glance.entries += 1
+            if entry_id <= high_water:
+                below.append(entry_id)
+            if entry_id in listed_entries:
+                glance.listed_entries_found.add(entry_id)
+                glance.irregular_accounts.add(account)
+        for row in seed.transactions:
+            if row[FRESH]:
+                glance.transactions += 1
+                if row[0] in listed:
+                    glance.listed_transactions_found.add(row[0])
+        return glance
+
+
+@dataclass(frozen=True)
+class AccountPass:
+    """What an incremental account pass (checks.send_account_pass) reads: the last seal's
+    totals plus the fresh entries (above its mark and fresh to its census's window, and
+    ``below`` it), and which of those entries and accounts to treat apart."""
+
+    totals_of: uuid.UUID
+    window: Window
+    high_water: int
+    below: list[int]
+    fresh_now: list[int]
+    irregular: set[Any]
+
+
+# checks.send_account_pass: sends the account pass on the run's connection and returns its
+# rows' task once the statement is on its way.
+SendAccountPass = Callable[[AsyncSession, AccountPass], Awaitable["asyncio.Task[list[Any]]"]]
 
 
 @dataclass
@@ -1304,10 +1372,6 @@ class _Tally:
     entries_transaction_ids: set[Any] = field(default_factory=set)
     # Each account's lowest fresh version.
     chain_starts: dict[Any, int] = field(default_factory=dict)
-    # Accounts with a fresh entry that the last census listed.
-    irregular_accounts: set[Any] = field(default_factory=set)
-    # Entries fresh to this run's own reference (fresh to the last census or not).
-    entry_ids_now: list[int] = field(default_factory=list)
     # Each fresh transaction id's first row, and the ids found on more than one fresh row.
     transaction_rows: dict[Any, Any] = field(default_factory=dict)
     doubled: set[Any] = field(default_factory=set)
@@ -1316,15 +1380,13 @@ class _Tally:
     reversed_ids: set[Any] = field(default_factory=set)
 
     @classmethod
-    def of(cls, seed: CensusSeed, listed_entries: set[int]) -> _Tally:
+    def of(cls, seed: CensusSeed) -> _Tally:
         tally = cls()
         starts = tally.chain_starts
         entries, entry_ids, named = tally.entries, tally.entry_ids, tally.entries_transaction_ids
         # (ENTRY_COLUMNS)
         for entry in seed.entries:
-            entry_id, transaction_id, account, version, _, _, fresh, fresh_now = entry
-            if fresh_now:
-                tally.entry_ids_now.append(int(entry_id))
+            entry_id, transaction_id, account, version, _, _, fresh, _ = entry
             if not fresh:
                 continue
             entries.append(entry)
@@ -1333,8 +1395,6 @@ class _Tally:
             lowest = starts.get(account)
             if lowest is None or version < lowest:
                 starts[account] = version
-            if entry_id in listed_entries:
-                tally.irregular_accounts.add(account)
         rows = tally.transaction_rows
         for row in seed.transactions:  # (TRANSACTION_COLUMNS)
             transaction_id, kind, reverses, _, _, fresh, _ = row
@@ -1381,8 +1441,10 @@ async def plan_verification(
     full_requested: bool,
     reference_now: int | None = None,
     full_every: timedelta = FULL_VERIFICATION_EVERY,
+    send_account_pass: SendAccountPass | None = None,
 ) -> Plan:
-    """Decide, inside the run's snapshot, whether a whole-ledger run may verify incrementally."""
+    """Decide, inside the run's snapshot, whether a whole-ledger run may verify incrementally
+    (``send_account_pass``: see _decide)."""
     if session.get_bind().dialect.name != "postgresql":
         return Plan("full", "SQLite keeps no row versions to compare.")
     if last_seal is None:
@@ -1431,7 +1493,9 @@ async def plan_verification(
                 last_seal.high_water, census["entries"]["fresh"], census["transactions"]["fresh"]
             ),
         )
-        plan = await _decide(session, last_seal, seed, counting, reference_now is not None)
+        plan = await _decide(
+            session, last_seal, seed, counting, reference_now is not None, send_account_pass
+        )
     except BaseException:
         counting.cancel()
         raise
@@ -1496,27 +1560,27 @@ async def _decide(
     seed: CensusSeed,
     counted: CensusCount,
     keep_seed: bool,
+    send_account_pass: SendAccountPass | None = None,
 ) -> Plan:
     """Incremental when the census holds (seed.counts None: as far as the fresh rows found
-    can tell; confirm_plan checks the rest)."""
+    can tell; confirm_plan checks the rest). With ``send_account_pass``, an incremental plan
+    that takes the last seal's account totals has its account pass sent as soon as that is
+    known, before the rest of the plan is made: Fresh.account_pass."""
     census = last_seal.census or {}
-    full_verified_at = datetime.fromisoformat(census["full_verified_at"])
     if len(seed.entries) > FRESH_LIMIT or len(seed.transactions) > FRESH_LIMIT:
         return Plan("full", "Too many rows written since the last seal to be worth comparing.")
     # (The census lists ids as text: read those few, rather than print thousands of ids.)
     listed_entries = {int(i) for i in census["entries"]["fresh"]}
     listed = {uuid.UUID(t) for t in census["transactions"]["fresh"]}
-    tally = _Tally.of(seed, listed_entries)
-    entries, fresh_transactions = tally.entries, tally.transactions
-    entry_ids, fresh_rows = tally.entry_ids, set(tally.transaction_rows)
+    glance = _Glance.of(seed, listed_entries, listed, last_seal.high_water)
     listed_gone = {
-        "entries": len(listed_entries - entry_ids),
-        "transactions": len(listed - fresh_rows),
+        "entries": len(listed_entries - glance.listed_entries_found),
+        "transactions": len(listed - glance.listed_transactions_found),
     }
     # Rows, not ids: with its primary key dropped, or through a child table (INHERITS), a
     # table can hold one id twice, and a fresh copy of a row must not make up for a deleted
     # old one.
-    fresh_count = {"entries": len(entries), "transactions": len(fresh_transactions)}
+    fresh_count = {"entries": glance.entries, "transactions": glance.transactions}
     gone: dict[str, int] = {}
     for table in ("entries", "transactions"):
         # Rows older than the reference can only go (a rewrite leaves a fresh version), and
@@ -1537,49 +1601,30 @@ async def _decide(
                 expected={"totals_digest": census["totals_digest"]},
                 found={"totals_digest": altered},
             )
-        transaction_ids = list(fresh_rows | tally.entries_transaction_ids)
-        # A fresh transaction row changes the lines of its entries in the blocks. Entries the
-        # sealing run saw can belong only to a transaction it saw too (its checks found every
-        # entry's transaction), so, the census holding, only to one it listed as fresh, or
-        # one with a second, old row under the same id; every other fresh transaction is new
-        # and its entries are fresh themselves.
-        old_exchanges = census["transactions"].get("exchanges")
-        if old_exchanges is not None:
-            seed.exchange_transactions = old_exchanges + tally.exchanges
-        copied = seed.old_transaction_ids
-        kinds = tally.sole_rows_kinds(copied)
-        suspects = [t for t in fresh_rows if t in listed or copied is None or t in copied]
-        of_fresh = (
-            (await session.execute(_ENTRIES_OF, {"ids": [str(t) for t in suspects]})).scalars()
-            if suspects
-            else ()
-        )
-        return Plan(
-            "incremental",
-            "The census of the last seal holds: only rows written since are re-hashed.",
-            fresh=Fresh(
-                entry_ids=sorted(entry_ids),
-                transaction_ids=transaction_ids,
-                transaction_kinds=kinds,
-                entry_ids_to_rehash=sorted(entry_ids | set(of_fresh)),
-                chain_starts=tally.chain_starts,
-                window=Window.of(census),
-                high_water=last_seal.high_water,
-                totals_of=last_seal.id if kept else None,
-                entry_ids_now=tally.entry_ids_now,
-                irregular_accounts=tally.irregular_accounts,
-                counted=counted,
-                exchange_transactions=seed.exchange_transactions,
-                # The new transactions (the only row with their id, not listed by the last
-                # census): as above, their entries are all fresh, all among those read.
-                transactions_read={t: tally.transaction_rows[t] for t in kinds if t not in listed},
-                entries_read=entries,
-                reversed_ids=tally.reversed_ids,
-                read=seed.read,
-            ),
-            full_verified_at=full_verified_at,
-            census_seed=seed if keep_seed else None,
-        )
+        window = Window.of(census)
+        account_pass = None
+        if kept and send_account_pass is not None:
+            # (On its way while the rest of the plan is made and the run's first checks
+            # work in Python: its rows are read by incremental_prelude.)
+            account_pass = await send_account_pass(
+                session,
+                AccountPass(
+                    last_seal.id,
+                    window,
+                    last_seal.high_water,
+                    glance.entries_below,
+                    glance.entry_ids_now,
+                    glance.irregular_accounts,
+                ),
+            )
+        try:
+            return await _incremental(
+                session, last_seal, seed, counted, keep_seed, kept, glance, account_pass
+            )
+        except BaseException:
+            if account_pass is not None:
+                account_pass.cancel()
+            raise
     return _census_broken(
         last_seal,
         "Rows that the last sealing run saw were rewritten or deleted.",
@@ -1587,6 +1632,70 @@ async def _decide(
         "made the last seal saw were rewritten or deleted behind the service.",
         expected={k: census[k]["before"] for k in ("entries", "transactions")},
         found={k: census[k]["before"] - gone[k] for k in ("entries", "transactions")},
+    )
+
+
+async def _incremental(
+    session: AsyncSession,
+    last_seal: LedgerSeal,
+    seed: CensusSeed,
+    counted: CensusCount,
+    keep_seed: bool,
+    kept: bool,
+    glance: _Glance,
+    account_pass: asyncio.Task[list[Any]] | None,
+) -> Plan:
+    """The incremental plan, the census holding (_decide): its bookkeeping in one pass over
+    each table's rows (_Tally), while the account pass, if sent, works in the database."""
+    census = last_seal.census or {}
+    listed = {uuid.UUID(t) for t in census["transactions"]["fresh"]}
+    tally = _Tally.of(seed)
+    entry_ids, fresh_rows = tally.entry_ids, set(tally.transaction_rows)
+    transaction_ids = list(fresh_rows | tally.entries_transaction_ids)
+    # A fresh transaction row changes the lines of its entries in the blocks. Entries the
+    # sealing run saw can belong only to a transaction it saw too (its checks found every
+    # entry's transaction), so, the census holding, only to one it listed as fresh, or
+    # one with a second, old row under the same id; every other fresh transaction is new
+    # and its entries are fresh themselves.
+    old_exchanges = census["transactions"].get("exchanges")
+    if old_exchanges is not None:
+        seed.exchange_transactions = old_exchanges + tally.exchanges
+    copied = seed.old_transaction_ids
+    kinds = tally.sole_rows_kinds(copied)
+    suspects = [t for t in fresh_rows if t in listed or copied is None or t in copied]
+    of_fresh: Any = ()
+    if suspects:
+        if account_pass is not None:  # (the connection is the account pass's until it is done)
+            await asyncio.wait((account_pass,))
+        of_fresh = (
+            await session.execute(_ENTRIES_OF, {"ids": [str(t) for t in suspects]})
+        ).scalars()
+    return Plan(
+        "incremental",
+        "The census of the last seal holds: only rows written since are re-hashed.",
+        fresh=Fresh(
+            entry_ids=sorted(entry_ids),
+            transaction_ids=transaction_ids,
+            transaction_kinds=kinds,
+            entry_ids_to_rehash=sorted(entry_ids.union(of_fresh)),
+            chain_starts=tally.chain_starts,
+            window=Window.of(census),
+            high_water=last_seal.high_water,
+            totals_of=last_seal.id if kept else None,
+            entry_ids_now=glance.entry_ids_now,
+            irregular_accounts=glance.irregular_accounts,
+            counted=counted,
+            exchange_transactions=seed.exchange_transactions,
+            # The new transactions (the only row with their id, not listed by the last
+            # census): as above, their entries are all fresh, all among those read.
+            transactions_read={t: tally.transaction_rows[t] for t in kinds if t not in listed},
+            entries_read=tally.entries,
+            reversed_ids=tally.reversed_ids,
+            read=seed.read,
+            account_pass=account_pass,
+        ),
+        full_verified_at=datetime.fromisoformat(census["full_verified_at"]),
+        census_seed=seed if keep_seed else None,
     )
 
 

@@ -32,7 +32,7 @@ from app.core.pagination import PageParams, paginate_by_id
 from app.models import Account, Entry, LedgerSeal, ReconciliationRun
 from app.models.reconciliation import RunStatus
 from app.reconciliation import seals
-from app.reconciliation.checks import CHECKS, incremental_prelude
+from app.reconciliation.checks import CHECKS, incremental_prelude, send_account_pass
 from app.reconciliation.findings import CheckResult
 
 logger = logging.getLogger("timebank.reconciliation")
@@ -242,7 +242,7 @@ async def _run_checks(
                 select(LedgerSeal).order_by(LedgerSeal.high_water.desc()).limit(1)
             )
             plan = await seals.plan_verification(
-                snapshot, latest, full_requested, reference, full_every
+                snapshot, latest, full_requested, reference, full_every, send_account_pass
             )
             beside_low = latest.high_water if latest else 0
             if (

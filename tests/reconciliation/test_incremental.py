@@ -1480,10 +1480,13 @@ async def test_an_incremental_run_seals_its_new_span_from_the_rows_its_plan_read
 
 
 def test_the_plans_tally_is_what_a_pass_per_question_finds() -> None:
-    """_Tally gathers in one pass what _decide asked of the rows one question at a time: the
-    rows fresh to the last census apart from those fresh to this run alone, each account's
-    lowest fresh version, the accounts of listed entries, the ids found on two fresh rows
-    (which have no kind of their own), the exchanges and the originals named."""
+    """_Glance, then _Tally, gather in one pass each what _decide asked of the rows one
+    question at a time. The glance what the census's counts and the account pass need: how
+    many rows are fresh to the last census, those of them it listed, the entries at or below
+    its mark, the accounts of listed entries, the entries fresh to this run. The tally the
+    rest: the rows fresh to the last census apart from those fresh to this run alone, each
+    account's lowest fresh version, the ids found on two fresh rows (which have no kind of
+    their own), the exchanges and the originals named."""
     a, b = uuid.uuid4(), uuid.uuid4()
     t1, t2, t3, t4, original = (uuid.uuid4() for _ in range(5))
 
@@ -1516,14 +1519,19 @@ def test_the_plans_tally_is_what_a_pass_per_question_finds() -> None:
         transactions=transactions,
         window_now=seals.Window.fresh_from(1),
     )
-    tally = seals._Tally.of(seed, {12})
+    glance = seals._Glance.of(seed, {12, 99}, {t2, uuid.uuid4()}, 12)
+    assert (glance.entries, glance.transactions) == (3, 4)
+    assert glance.listed_entries_found == {12}
+    assert glance.listed_transactions_found == {t2}
+    assert glance.entries_below == [11, 12]
+    assert glance.irregular_accounts == {b}
+    assert glance.entry_ids_now == [12, 14]
+    tally = seals._Tally.of(seed)
     assert tally.entries == entries[:3]
     assert tally.transactions == transactions[:4]
     assert tally.entry_ids == {11, 12, 13}
     assert tally.entries_transaction_ids == {t1, t2}
     assert tally.chain_starts == {a: 5, b: 3}
-    assert tally.irregular_accounts == {b}
-    assert tally.entry_ids_now == [12, 14]
     assert set(tally.transaction_rows) == {t1, t2, t3}
     assert tally.doubled == {t3}
     assert tally.exchanges == 3

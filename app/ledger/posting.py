@@ -110,6 +110,8 @@ class PostingOutcome:
 
 @dataclass
 class AccountState:
+    # Built positionally from the lock's rows (account_states): the lock statements select
+    # these columns in this order, here and in app/ledger/single_post_sqlite.py.
     id: uuid.UUID
     status: str
     min_balance: int

@@ -13,7 +13,10 @@ account has many entries and the range is narrow, PostgreSQL can combine that in
 BRIN index on posted_at: entries are appended in time order, so a block range's min/max
 posted_at brackets it tightly, and the index costs a few bytes per 128 pages to keep
 (about 1 ms of the batch). SQLite builds the same index as a b-tree, appended at its right
-edge.
+edge (its planner reads an account's entries through the unique index anyway).
+
+On PostgreSQL both indexes change CONCURRENTLY, outside a transaction, the new one first:
+postings and statements go on while a large table is read to build it.
 
 Revision ID: 0013
 Revises: 0012
@@ -31,16 +34,32 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        # Outside a transaction, CONCURRENTLY: postings go on while the index is built (one
+        # read of the table) and the old one is dropped; the new one exists first.
+        with op.get_context().autocommit_block():
+            op.execute(
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_entries_posted_at "
+                "ON entries USING brin (posted_at)"
+            )
+            op.execute("DROP INDEX CONCURRENTLY IF EXISTS ix_entries_account_id_posted_at")
+        return
     # (Plain index statements, not a batch: on SQLite a batch could rebuild the table, which
     # carries the append-only triggers.)
+    op.create_index("ix_entries_posted_at", "entries", ["posted_at"], unique=False)
     op.drop_index("ix_entries_account_id_posted_at", table_name="entries")
-    op.create_index(
-        "ix_entries_posted_at", "entries", ["posted_at"], unique=False, postgresql_using="brin"
-    )
 
 
 def downgrade() -> None:
-    op.drop_index("ix_entries_posted_at", table_name="entries")
+    if op.get_bind().dialect.name == "postgresql":
+        with op.get_context().autocommit_block():
+            op.execute(
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_entries_account_id_posted_at "
+                "ON entries (account_id, posted_at)"
+            )
+            op.execute("DROP INDEX CONCURRENTLY IF EXISTS ix_entries_posted_at")
+        return
     op.create_index(
         "ix_entries_account_id_posted_at", "entries", ["account_id", "posted_at"], unique=False
     )
+    op.drop_index("ix_entries_posted_at", table_name="entries")

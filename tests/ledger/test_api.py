@@ -639,6 +639,8 @@ async def test_an_atomic_batch_posts_everything_or_nothing(
 ) -> None:
     api = Api(client, app)
     books = await open_books(api, members=3, logins=False)
+    foreign_community, foreign_admin = await api.community()
+    foreign = await api.member(foreign_community["id"], foreign_admin, with_login=False)
     a, b, c = (m.account_id for m in books.members)
     url = f"/v1/communities/{books.id}/transactions/batch"
 
@@ -650,6 +652,8 @@ async def test_an_atomic_batch_posts_everything_or_nothing(
         (_entries((a, 10), (b, -9)), "unbalanced"),
         (_entries((a, 10), (str(uuid.uuid4()), -10)), "account_not_found"),
         (_entries((a, 10), ("nonsense", -10)), "account_not_found"),
+        # Another community's account is, to these books, no account.
+        (_entries((a, 10), (foreign.account_id, -10)), "account_not_found"),
         # Each item alone is fine; the second takes b past its limit after the first.
         (_entries((c, 1000), (b, -1000)), "insufficient_balance"),
     ]
@@ -683,6 +687,8 @@ async def test_an_atomic_batch_posts_everything_or_nothing(
 async def test_a_non_atomic_batch_reports_each_item(client: AsyncClient, app: FastAPI) -> None:
     api = Api(client, app)
     books = await open_books(api, members=3, logins=False)
+    foreign_community, foreign_admin = await api.community()
+    foreign = await api.member(foreign_community["id"], foreign_admin, with_login=False)
     a, b, c = (m.account_id for m in books.members)
     future = (datetime.now(UTC).date() + timedelta(days=3)).isoformat()
     body = {
@@ -695,12 +701,13 @@ async def test_a_non_atomic_batch_reports_each_item(client: AsyncClient, app: Fa
             {"entries": _entries((c, 60), (b, -60))},
             {"entries": _entries((a, 10), (b, -10)), "occurred_on": future},
             {"entries": _entries((a, 10), (a, -10))},
+            {"entries": _entries((a, 10), (foreign.account_id, -10))},
         ],
     }
     url = f"/v1/communities/{books.id}/transactions/batch"
     headers = {**books.admin.headers, "Idempotency-Key": "non-atomic"}
     result = expect(await client.post(url, json=body, headers=headers), 200)
-    assert (result["atomic"], result["posted"], result["refused"]) == (False, 2, 5)
+    assert (result["atomic"], result["posted"], result["refused"]) == (False, 2, 6)
     outcomes = [
         (r["index"], r["status"], (r["error"] or {}).get("code")) for r in result["results"]
     ]
@@ -712,9 +719,11 @@ async def test_a_non_atomic_batch_reports_each_item(client: AsyncClient, app: Fa
         (4, "posted", None),
         (5, "refused", "unprocessable"),
         (6, "refused", "duplicate_account"),
+        (7, "refused", "account_not_found"),
     ]
     assert result["results"][0]["transaction"]["entries"][0]["balance_after"] == 300
     assert [await balance(client, x, books.admin) for x in (a, b, c)] == [300, -360, 60]
+    assert await balance(client, foreign.account_id, foreign_admin) == 0
 
     replay = await client.post(url, json=body, headers=headers)
     assert replay.status_code == 200

@@ -8,6 +8,7 @@ import asyncio
 import json
 import uuid
 from datetime import date
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -1138,6 +1139,55 @@ async def test_a_seal_copies_the_account_ids_of_the_last_when_they_are_the_same(
     assert more == accounts + 1
     assert [totals.accounts is None for totals in made] == [True, False]
     await seal_a_posting(client, books, 2)
+
+
+def test_account_totals_without_their_accounts_name_the_seal_to_copy_them_from() -> None:
+    """Totals that leave their account ids out (TOTALS_COLUMNS_AFTER_SEAL) are taken only
+    with the seal whose ids they are."""
+    row = SimpleNamespace(
+        totals_accounts=None,
+        totals_entries="{1}",
+        totals_balances="{0}",
+        totals_earned="{0}",
+        digest="d",
+    )
+    last = uuid.uuid4()
+    assert seals.AccountTotals.of(row, last).same_accounts_as == last
+    with pytest.raises(ValueError, match="without their accounts"):
+        seals.AccountTotals.of(row)
+
+
+@postgres_only
+async def test_a_plan_that_fails_after_sending_the_account_pass_stops_it(
+    client: AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should the plan fail once its account pass is on its way, the statement is stopped:
+    the run reports the plan's error (not a connection still busy), and the next run
+    passes."""
+    books = await sealed(client, app)
+    a, b = books.members[0], books.members[1]
+    await post(client, books.id, books.admin, [(a.account_id, 2), (b.account_id, -2)])
+
+    def fails(seed: Any) -> Any:
+        raise RuntimeError("the tally failed")
+
+    monkeypatch.setattr(seals._Tally, "of", staticmethod(fails))
+    started = expect(
+        await client.post("/v1/admin/reconciliations", json={}, headers=books.platform.headers),
+        202,
+    )
+    run = expect(
+        await client.get(
+            f"/v1/admin/reconciliations/{started['id']}", headers=books.platform.headers
+        ),
+        200,
+    )
+    assert run["status"] == "error"
+    assert "the tally failed" in run["report"]["error"]
+    monkeypatch.undo()
+    again = await reconcile(client, books.platform)
+    assert again["status"] == "passed", failing(again)
+    assert verification(again)["mode"] == "incremental"
 
 
 @postgres_only

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import case, func, null, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.clock import utcnow
 from app.core.database import READ_SNAPSHOT_OPTION
@@ -38,19 +38,6 @@ from app.reconciliation.findings import CheckResult
 logger = logging.getLogger("timebank.reconciliation")
 
 PROGRESS_EVERY = 0.5  # seconds
-
-# The checks that read nothing but their own statements (no other check's rows, nothing cached
-# in the snapshot's session): an incremental run makes them on a connection beside its own,
-# sharing its snapshot (seals.beside), while its own connection makes the account pass.
-CHECKED_BESIDE = frozenset(
-    {
-        "limits_respected",
-        "reversals",
-        "exchanges_posted_once",
-        "idempotency_records",
-        "fund_history",
-    }
-)
 
 
 async def create_run(
@@ -260,11 +247,9 @@ async def _run_checks(
             plan = seals.Plan("full", "A run for one community checks all of its rows.")
         progress = _Progress(sessionmaker, run_id)
         span = early = None
-        checked_beside: asyncio.Task[dict[str, CheckResult]] | None = None
         try:
             fresh = plan.fresh
             if fresh is not None and community_id is None:
-                checked_beside = await _check_beside(snapshot, community_id, plan)
                 # The account pass goes to the database while this process checks the new
                 # transactions and digests the new span from the plan's rows (used only if
                 # every check passes and the census scan bears the plan out).
@@ -280,7 +265,7 @@ async def _run_checks(
                     ),
                 )
             results, tampering, last_seal, verified = await _check(
-                snapshot, community_id, plan, progress, checked_beside
+                snapshot, community_id, plan, progress
             )
             low = last_seal.high_water if last_seal else 0
             sealing = seal_requested and community_id is None and settled and high_water > low
@@ -311,7 +296,6 @@ async def _run_checks(
                 )
         finally:
             plan.abandon()
-            _discard(checked_beside)  # (a no-op once its checks are in)
             _discard(span_beside)  # (unused: the checks failed, or raised)
             if span_beside is not None:
                 span_beside.cancel()  # (not waited for: the checks failed, or raised)
@@ -398,39 +382,14 @@ def _passed(results: list[CheckResult], tampering: list[seals.TamperReport]) -> 
     return all(r.passed for r in results) and not tampering
 
 
-async def _check_beside(
-    snapshot: AsyncSession, community_id: uuid.UUID | None, plan: seals.Plan
-) -> asyncio.Task[dict[str, CheckResult]]:
-    """Start the checks of CHECKED_BESIDE on a connection beside the run's own, in its
-    snapshot: the same statements on the same rows, so the same results. Why: an incremental
-    run's own connection makes the account pass meanwhile (its longest statement, ~40 ms on
-    the bench, and longer than the Python work beside it), and these checks (~19 ms one after
-    the other on the bench) waited for it."""
-    chosen = [check for check in CHECKS if check.__name__ in CHECKED_BESIDE]
-
-    async def check_all(connection: AsyncConnection) -> dict[str, CheckResult]:
-        async with AsyncSession(bind=connection) as session:
-            return {c.__name__: await c(session, community_id, plan.fresh) for c in chosen}
-
-    return await seals.beside(snapshot, check_all)
-
-
 async def _check(
-    snapshot: AsyncSession,
-    community_id: uuid.UUID | None,
-    plan: seals.Plan,
-    progress: _Progress,
-    checked_beside: asyncio.Task[dict[str, CheckResult]] | None = None,
+    snapshot: AsyncSession, community_id: uuid.UUID | None, plan: seals.Plan, progress: _Progress
 ) -> tuple[list[CheckResult], list[seals.TamperReport], LedgerSeal | None, int]:
-    """Every check, then (whole-ledger runs) the seal chain, as the plan says; the results of
-    the checks made beside (_check_beside, for this plan) taken as they come."""
+    """Every check, then (whole-ledger runs) the seal chain, as the plan says."""
     steps = len(CHECKS) + 2
     results = []
     for index, check in enumerate(CHECKS, start=1):
-        if checked_beside is not None and check.__name__ in CHECKED_BESIDE:
-            results.append((await checked_beside)[check.__name__])
-        else:
-            results.append(await check(snapshot, community_id, plan.fresh))
+        results.append(await check(snapshot, community_id, plan.fresh))
         await progress.report(int(100 * index / steps))
     if community_id is None:
         tampering, last_seal, verified = await seals.verify_chain(snapshot, plan.fresh)

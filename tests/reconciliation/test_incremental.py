@@ -4,7 +4,6 @@ verification is there on request and on a schedule (docs/seals.md)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from datetime import date
@@ -20,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from app.ledger.posting import Poster, PostingRequest, post_transactions
 from app.models import Community
 from app.models.ledger import TransactionKind
-from app.reconciliation import checks, seals, service
+from app.reconciliation import checks, seals
 from tests.factories import expect
 from tests.ledger.helpers import post
 from tests.reconciliation.helpers import (
@@ -767,45 +766,6 @@ async def test_reversals_of_new_transactions_are_found_among_the_fresh_rows(
     assert set(found) == {"reversals"}
     assert {f["rows"]["transaction_id"] for f in found["reversals"]} == {forged}
     monkeypatch.undo()
-    assert _findings(run) == _findings(await reconcile(client, books.platform, full=True))
-
-
-@postgres_only
-async def test_checks_that_read_only_their_own_statements_are_made_beside(
-    client: AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An incremental run makes the checks of CHECKED_BESIDE on a connection beside its own,
-    in its snapshot, while its own makes the account pass: what they find is what a full run
-    finds (here a forged reversal and an edited cached balance, one check on each side)."""
-    books = await sealed(client, app)
-    made: list[asyncio.Task[dict[str, Any]]] = []
-    check_beside = service._check_beside
-
-    async def spy(*args: Any) -> asyncio.Task[dict[str, Any]]:
-        made.append(await check_beside(*args))
-        return made[-1]
-
-    monkeypatch.setattr(service, "_check_beside", spy)
-    a, b = books.members[0], books.members[1]
-    forged = await insert_transaction(
-        app,
-        books.id,
-        "reversal",
-        [(a.account_id, 3), (b.account_id, -3)],
-        reverses_id=books.transfers[3],
-    )
-    await tamper(
-        app,
-        "UPDATE accounts SET balance = balance + 1, earned_total = earned_total + 1 WHERE id = :a",
-        a=db_id(app, a.account_id),
-    )
-    run = await reconcile(client, books.platform)
-    assert verification(run)["mode"] == "incremental"
-    found = failing(run)
-    assert set(found) == {"reversals", "cached_totals", "balances_sum_to_zero"}
-    assert forged in {f["rows"]["transaction_id"] for f in found["reversals"]}
-    [task] = made
-    assert set(task.result()) == service.CHECKED_BESIDE
     assert _findings(run) == _findings(await reconcile(client, books.platform, full=True))
 
 

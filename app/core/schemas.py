@@ -41,6 +41,16 @@ def _holds_input_model(annotation: Any) -> bool:
     return any(_holds_input_model(arg) for arg in get_args(annotation))
 
 
+def nested_input_keys(model: type[BaseModel]) -> frozenset[str]:
+    """The keys (names and aliases) of ``model``'s fields that hold other input models."""
+    return frozenset(
+        key
+        for name, info in model.model_fields.items()
+        if _holds_input_model(info.annotation)
+        for key in (name, info.alias or name)
+    )
+
+
 class InputModel(BaseModel):
     """Request bodies: a misspelt field is a 422, not silently ignored.
 
@@ -52,17 +62,13 @@ class InputModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    # The keys (names and aliases) of fields that hold other input models, set per class.
+    # nested_input_keys of each class, set when the class is made.
     _nested_input_keys: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
-        keys: set[str] = set()
-        for name, info in cls.model_fields.items():
-            if _holds_input_model(info.annotation):
-                keys.update({name, info.alias or name})
-        cls._nested_input_keys = frozenset(keys)
+        cls._nested_input_keys = nested_input_keys(cls)
 
     @model_validator(mode="before")
     @classmethod

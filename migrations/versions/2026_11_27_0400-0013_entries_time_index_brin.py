@@ -34,32 +34,30 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        # Outside a transaction, CONCURRENTLY: postings go on while the index is built (one
-        # read of the table) and the old one is dropped; the new one exists first.
-        with op.get_context().autocommit_block():
-            op.execute(
-                "CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_entries_posted_at "
-                "ON entries USING brin (posted_at)"
-            )
-            op.execute("DROP INDEX CONCURRENTLY IF EXISTS ix_entries_account_id_posted_at")
-        return
-    # (Plain index statements, not a batch: on SQLite a batch could rebuild the table, which
-    # carries the append-only triggers.)
-    op.create_index("ix_entries_posted_at", "entries", ["posted_at"], unique=False)
-    op.drop_index("ix_entries_account_id_posted_at", table_name="entries")
+    _replace("ix_entries_account_id_posted_at", "ix_entries_posted_at", ["posted_at"], "brin")
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        with op.get_context().autocommit_block():
-            op.execute(
-                "CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_entries_account_id_posted_at "
-                "ON entries (account_id, posted_at)"
-            )
-            op.execute("DROP INDEX CONCURRENTLY IF EXISTS ix_entries_posted_at")
+    _replace("ix_entries_posted_at", "ix_entries_account_id_posted_at", ["account_id", "posted_at"])
+
+
+def _replace(old: str, new: str, columns: list[str], using: str = "btree") -> None:
+    """Index ``new`` on entries, then ``old`` dropped.
+
+    On PostgreSQL CONCURRENTLY, outside a transaction: postings go on while the index is built
+    (one read of the table) and the old one is dropped. On SQLite plain index statements, not
+    a batch, which could rebuild the table and its append-only triggers."""
+    if op.get_bind().dialect.name != "postgresql":
+        op.create_index(new, "entries", columns)
+        op.drop_index(old, table_name="entries")
         return
-    op.create_index(
-        "ix_entries_account_id_posted_at", "entries", ["account_id", "posted_at"], unique=False
-    )
-    op.drop_index("ix_entries_posted_at", table_name="entries")
+    with op.get_context().autocommit_block():
+        op.create_index(
+            new,
+            "entries",
+            columns,
+            postgresql_using=using,
+            postgresql_concurrently=True,
+            if_not_exists=True,
+        )
+        op.drop_index(old, table_name="entries", postgresql_concurrently=True, if_exists=True)

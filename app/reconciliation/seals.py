@@ -346,8 +346,18 @@ def xid_set_predicate(window: Window, horizon: int) -> str | None:
         return None
     if horizon == start:
         return "false"
-    xids = ",".join(str(xid) for xid in range(start, horizon))
-    return f"r.xmin = ANY('{{{xids}}}'::xid[])"
+    xids = [str(xid) for xid in range(start, horizon)]
+    # PostgreSQL hashes an array of 9 elements or more (MIN_ARRAY_SIZE_FOR_HASHED_SAOP) and
+    # searches a shorter one element by element, an equality call each, for every row: after
+    # a few postings (6 xids) that took ~95 ms on the bench's 1,170,000 entries against ~75 ms
+    # for the same xids repeated to 12, hashed (psql, one process, a WHERE of the xid set).
+    # Repeating them leaves the set as it was.
+    xids *= -(-HASHED_ARRAY_SIZE // len(xids))
+    return f"r.xmin = ANY('{{{','.join(xids)}}}'::xid[])"
+
+
+# (PostgreSQL's MIN_ARRAY_SIZE_FOR_HASHED_SAOP, since version 14.)
+HASHED_ARRAY_SIZE = 9
 
 
 @dataclass(frozen=True)
@@ -446,6 +456,16 @@ _COUNTS = {
     "transactions": "SELECT count(*), count(*) FILTER (WHERE {fresh}), {fresh_now_count}, "
     "{exchanges_count} FROM transactions r",
 }
+# The same counts when the scan classifies each row to one window only (nested, and no
+# exchange transactions to count), asked of the executor rather than of an aggregate: a
+# sequential scan with the predicate as its filter returns the fresh rows and removes the
+# others, and EXPLAIN ANALYZE reports both numbers for the scan node (``Actual Rows``, ``Rows
+# Removed by Filter``; every row the snapshot sees is one or the other). The rows are not
+# passed up to an aggregate one by one, which cost as much as classifying them (see _count).
+_FILTERED_COUNT = (
+    "EXPLAIN (ANALYZE, TIMING OFF, COSTS OFF, SUMMARY OFF, FORMAT JSON) "
+    "SELECT FROM {table} r WHERE {fresh}"
+)
 # Where fresh rows are expected, reached through indexes: entries above the last seal's mark,
 # the rows the census listed, and the transactions of the fresh entries. When the counts say
 # that is all of them (as it is unless rows were added or rewritten behind the service), the
@@ -840,13 +860,18 @@ async def _count(
     table: str,
     sent: asyncio.Event,
 ) -> TableCount:
-    """Count ``table`` (see _COUNTS); ``sent`` is set once the statement is on its way to the
-    server."""
+    """Count ``table`` (see _COUNTS, _FILTERED_COUNT); ``sent`` is set once the statement is on
+    its way to the server."""
     statement = _COUNTS[table].format(
         fresh=predicates["fresh"],
         fresh_now_count="NULL" if nested else f"count(*) FILTER (WHERE {predicates['fresh_now']})",
         exchanges_count="count(*) FILTER (WHERE r.kind = 'exchange')" if exchanges else "NULL",
     )
+    # One window, nested: the counts from the scan node itself (_FILTERED_COUNT). On the bench's
+    # rows, one process, alternating: entries 130 -> 96 ms, transactions 77 -> 63 ms (median
+    # of eight each): passing every row up to the aggregate, and its two transitions per row,
+    # cost about as much as looking each xmin up in the set of xids.
+    filtered = nested and not exchanges and predicates["fresh"] != "false"
     # Prepared through the driver for this run alone, not kept in a statement cache: with a
     # set of xids printed into it (xid_set_predicate) the statement differs from run to run.
     # One process per table, no parallel workers: fetchrow asks the server for one row, and
@@ -856,13 +881,28 @@ async def _count(
     # rows), the last of them with a core to itself once the run's work is done. (Workers,
     # ``fetch``, took 60 ms alone for both, but slowed the run's work and were slowed by it,
     # and each costs a few ms to start: run 2 / bare scan 6.0-6.3 x against 5.0-5.8 x.)
-    numbered, values = driver_parameters(statement, params)
+    # (The counts from EXPLAIN run without workers too: the connection is set so, see beside.)
     raw = await connection.get_raw_connection()
     driver: Any = raw.driver_connection
+    numbered, values = driver_parameters(
+        _FILTERED_COUNT.format(table=table, fresh=predicates["fresh"]) if filtered else statement,
+        params,
+    )
     prepared = await driver.prepare(numbered)
     counting = asyncio.ensure_future(prepared.fetchrow(*values))
     await asyncio.sleep(0)  # (one turn of the loop: the statement is written to the server)
     sent.set()
+    if filtered:
+        (plan,) = await counting
+        counted = filtered_counts(plan)
+        if counted is not None:
+            return TableCount(
+                rows=counted[0], fresh=counted[1], fresh_now=None, exchange_transactions=None
+            )
+        # (Not one scan node executed once, which no server has planned: count as below.)
+        numbered, values = driver_parameters(statement, params)
+        prepared = await driver.prepare(numbered)
+        counting = asyncio.ensure_future(prepared.fetchrow(*values))
     rows, fresh, fresh_now, exchange_rows = await counting
     return TableCount(
         rows=int(rows),
@@ -872,20 +912,48 @@ async def _count(
     )
 
 
+def filtered_counts(plan: Any) -> tuple[int, int] | None:
+    """(rows, fresh rows) from the EXPLAIN ANALYZE of _FILTERED_COUNT (its JSON, as text or
+    decoded), when the plan is one sequential scan of the table, executed once: the rows it
+    returned are the fresh ones, those its filter removed the others. Else None (a plan with
+    workers, say, reports its nodes' rows per loop, rounded)."""
+    document = json.loads(plan) if isinstance(plan, str) else plan
+    node = document[0]["Plan"]
+    fresh, old = node.get("Actual Rows"), node.get("Rows Removed by Filter")
+    if (
+        node.get("Node Type") != "Seq Scan"
+        or node.get("Actual Loops") != 1
+        or "Plans" in node
+        or not isinstance(fresh, int)
+        or not isinstance(old, int)
+    ):
+        return None
+    return fresh + old, fresh
+
+
 _ROWS = text(
     "SELECT (SELECT count(*) FROM entries), t.* FROM "
     "(SELECT count(*), count(*) FILTER (WHERE kind = 'exchange') FROM transactions) AS t"
+)
+_SETTINGS = text("SELECT set_config('work_mem', :work_mem, true), set_config('jit', 'off', true)")
+_SERIAL_SETTINGS = text(
+    "SELECT set_config('work_mem', :work_mem, true), set_config('jit', 'off', true), "
+    "set_config('max_parallel_workers_per_gather', '0', true)"
 )
 _SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9A-F]+)?")
 
 
 async def beside(
-    session: AsyncSession, work: Callable[[AsyncConnection], Awaitable[T]]
+    session: AsyncSession,
+    work: Callable[[AsyncConnection], Awaitable[T]],
+    *,
+    serial: bool = False,
 ) -> asyncio.Task[T]:
     """Start ``work`` on another connection that shares the run's snapshot
     (pg_export_snapshot, then SET TRANSACTION SNAPSHOT): it sees exactly the rows the run's
     own connection sees, while that connection goes on with other work. The snapshot is
-    exported once per run (it stays valid while the run's transaction is open)."""
+    exported once per run (it stays valid while the run's transaction is open). ``serial``:
+    its statements plan no parallel workers."""
     snapshot = session.info.get("exported_snapshot")
     if snapshot is None:
         snapshot = str(await session.scalar(text("SELECT pg_export_snapshot()")))
@@ -903,11 +971,7 @@ async def beside(
             async with shared.begin():
                 await shared.execute(text(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))
                 await shared.execute(
-                    text(
-                        "SELECT set_config('work_mem', :work_mem, true), "
-                        "set_config('jit', 'off', true)"
-                    ),
-                    {"work_mem": SNAPSHOT_WORK_MEM},
+                    _SERIAL_SETTINGS if serial else _SETTINGS, {"work_mem": SNAPSHOT_WORK_MEM}
                 )
                 return await work(shared)
 
@@ -938,7 +1002,7 @@ async def _count_beside(
             _count, predicates=predicates, params=params, nested=nested, exchanges=exchanges
         )
         tasks[table] = await beside(
-            session, functools.partial(count, table=table, sent=sent[table])
+            session, functools.partial(count, table=table, sent=sent[table]), serial=True
         )
     try:
         for table, task in tasks.items():

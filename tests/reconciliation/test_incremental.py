@@ -4,6 +4,7 @@ verification is there on request and on a schedule (docs/seals.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import date
@@ -429,10 +430,21 @@ def test_the_census_scan_looks_xmin_up_in_a_set_only_where_that_is_the_window() 
     with that horizon sees only while no xid has wrapped: horizon <= E <= 2^32. Elsewhere,
     and beyond XID_SET_LIMIT xids, the census scan compares ranges."""
     window = seals.Window(1000, 1000 + 2**31)
-    assert seals.xid_set_predicate(window, 1004) == "r.xmin = ANY('{1000,1001,1002,1003}'::xid[])"
+    assert seals.xid_set_predicate(window, 1004) == (
+        "r.xmin = ANY('{" + ",".join(["1000,1001,1002,1003"] * 3) + "}'::xid[])"
+    )
     assert seals.xid_set_predicate(window, 1000) == "false"  # nothing written since P
     # (The special xids 0-2 are never fresh, as in the range.)
-    assert seals.xid_set_predicate(seals.Window(1, 2**31), 5) == "r.xmin = ANY('{3,4}'::xid[])"
+    assert seals.xid_set_predicate(seals.Window(1, 2**31), 5) == (
+        "r.xmin = ANY('{" + ",".join(["3,4"] * 5) + "}'::xid[])"
+    )
+    # A set shorter than PostgreSQL hashes is repeated up to that size; a longer one is not.
+    for horizon, elements in ((1001, 9), (1008, 16), (1009, 9), (1030, 30)):
+        predicate = seals.xid_set_predicate(window, horizon)
+        assert predicate is not None
+        xids = predicate.split("'{")[1].split("}'")[0].split(",")
+        assert set(xids) == {str(xid) for xid in range(1000, horizon)}
+        assert len(xids) == elements
     limit = seals.XID_SET_LIMIT
     assert seals.xid_set_predicate(window, 1000 + limit) is not None
     assert seals.xid_set_predicate(window, 1000 + limit + 1) is None
@@ -500,10 +512,19 @@ async def test_the_census_scan_catches_a_rewrite_by_either_predicate(
 ) -> None:
     """A sealed row rewritten behind the service after the last census (a new xmin, in the
     census's window) is counted as fresh by the census scan, whichever form its predicate
-    takes, so the old rows fall short of the census: caught, and verified in full."""
+    takes, so the old rows fall short of the census: caught, and verified in full. The
+    windows nest, so the scan takes its counts from the scan node (_FILTERED_COUNT)."""
     monkeypatch.setattr(seals, "XID_SET_LIMIT", 10**6 if predicate == "xid set" else -1)
     scans: list[str] = []
     count = seals._count
+    from_the_scan_node: list[tuple[int, int] | None] = []
+    filtered_counts = seals.filtered_counts
+
+    def counted(plan: Any) -> tuple[int, int] | None:
+        from_the_scan_node.append(filtered_counts(plan))
+        return from_the_scan_node[-1]
+
+    monkeypatch.setattr(seals, "filtered_counts", counted)
 
     async def spy(connection: Any, predicates: dict[str, str], **more: Any) -> seals.TableCount:
         scans.append(predicates["fresh"])
@@ -523,6 +544,74 @@ async def test_the_census_scan_catches_a_rewrite_by_either_predicate(
     assert "rewritten or deleted" in verification(run)["reason"]
     # (Two runs, each scanning both tables.)
     assert [("xmin = ANY" in scan) for scan in scans] == [predicate == "xid set"] * 4
+    assert len(from_the_scan_node) == 4
+    assert None not in from_the_scan_node
+
+
+@postgres_only
+async def test_the_counts_from_the_scan_node_are_the_aggregates(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """On real rows, inside one snapshot: the census scan's counts taken from the scan node
+    (_FILTERED_COUNT, nested windows) are those of the aggregate (_COUNTS), every row and the
+    fresh ones, for both tables, with either predicate (set of xids, range), for the last
+    census's window and for one that starts at the latest posting's xid."""
+    books = await sealed(client, app)
+    census = await scalar(app, "SELECT census FROM ledger_seals ORDER BY high_water LIMIT 1")
+    a, b = books.members[0], books.members[1]
+    await post(client, books.id, books.admin, [(a.account_id, 5), (b.account_id, -5)])
+    async with app.state.engine.connect() as connection:
+        snapshot = await connection.execution_options(isolation_level="REPEATABLE READ")
+        async with snapshot.begin():
+            await snapshot.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
+            horizon = int(
+                await snapshot.scalar(
+                    text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+                )
+            )
+            first = seals.Window.of(census)
+            for window in (first, seals.Window(horizon - 1, first.end)):
+                listed = seals.xid_set_predicate(window, horizon)
+                ranged, params = window.predicate("reference")
+                assert listed is not None
+                assert listed != "false"
+                for predicate, values in ((listed, {}), (ranged, params)):
+                    for table in ("entries", "transactions"):
+                        counted = await seals._count(
+                            snapshot,
+                            {"fresh": predicate},
+                            values,
+                            nested=True,
+                            exchanges=False,
+                            table=table,
+                            sent=asyncio.Event(),
+                        )
+                        rows, fresh = (
+                            await snapshot.execute(
+                                text(
+                                    f"SELECT count(*), count(*) FILTER (WHERE {predicate}) "
+                                    f"FROM {table} r"
+                                ),
+                                values,
+                            )
+                        ).one()
+                        assert (counted.rows, counted.fresh) == (rows, fresh), (window, table)
+                        assert 0 < fresh < rows  # (old rows and fresh ones)
+
+
+def test_counts_are_taken_from_the_scan_node_only_when_it_is_the_whole_plan() -> None:
+    """filtered_counts reads one sequential scan executed once; any other plan (workers, whose
+    nodes report rows per loop, or no scan at all) is left to the aggregate."""
+    scan = {"Node Type": "Seq Scan", "Actual Rows": 3, "Actual Loops": 1}
+    assert seals.filtered_counts(json.dumps([{"Plan": scan | {"Rows Removed by Filter": 97}}]))
+    assert seals.filtered_counts([{"Plan": scan | {"Rows Removed by Filter": 97}}]) == (100, 3)
+    assert seals.filtered_counts([{"Plan": scan}]) is None  # (no filter)
+    workers = scan | {"Actual Loops": 3, "Rows Removed by Filter": 32}
+    gather = {"Node Type": "Gather", "Actual Rows": 3, "Actual Loops": 1, "Plans": [workers]}
+    assert seals.filtered_counts([{"Plan": gather}]) is None
+    assert seals.filtered_counts([{"Plan": workers}]) is None
+    nothing = {"Node Type": "Result", "Actual Rows": 0, "Actual Loops": 1}
+    assert seals.filtered_counts([{"Plan": nothing}]) is None
 
 
 @postgres_only

@@ -345,7 +345,7 @@ async def test_the_census_scan_is_on_its_way_before_the_run_goes_on(
     started: list[str] = []
     made: list[asyncio.Task[Any]] = []
 
-    async def beside(session: Any, work: Any) -> asyncio.Task[Any]:
+    async def beside(session: Any, work: Any, **settings: Any) -> asyncio.Task[Any]:
         made.append(asyncio.ensure_future(work(None)))
         return made[-1]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from logging.config import fileConfig
 from typing import Any, Literal
 
@@ -14,6 +15,7 @@ from app.core.config import get_settings
 from app.core.database import create_engine
 from app.models import Base
 from app.models.base import UTCDateTime
+from app.models.ledger import STATEMENT_CHECKED_REFERENCES
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
@@ -35,8 +37,25 @@ def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str |
     return False
 
 
+def _include_object(
+    dialect: str,
+) -> Callable[[Any, str | None, str, bool, Any], bool]:
+    """Compare everything but, on PostgreSQL, the foreign keys that triggers check there
+    instead (migration 0014): the models declare them for SQLite and for SQLAlchemy."""
+
+    def include(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+        return not (
+            dialect == "postgresql"
+            and type_ == "foreign_key_constraint"
+            and name in STATEMENT_CHECKED_REFERENCES
+        )
+
+    return include
+
+
 def _run(connection: Connection) -> None:
     context.configure(
+        include_object=_include_object(connection.dialect.name),
         connection=connection,
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",

@@ -1,0 +1,316 @@
+"""The ledger's rows always name rows that exist: an entry its account and its transaction, a
+transaction its community and the user who posted it. Whoever writes, the database refuses a
+row naming a missing one, and refuses to delete (or renumber) a row the ledger names.
+
+SQLite checks these with foreign keys. PostgreSQL checks them with triggers over each
+statement's rows and on the referenced tables (migration 0014), which must refuse what a
+foreign key refuses, including when a delete and a posting race."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import anyio
+import pytest
+from fastapi import FastAPI
+from httpx import AsyncClient
+from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import Executable
+
+from app.core.clock import utcnow
+from app.models import Account, Community, Entry, Transaction, User
+from tests.factories import Api, expect
+from tests.ledger.helpers import books_snapshot, open_books, post
+
+pytestmark = pytest.mark.anyio
+
+# PostgreSQL names the reference in its message; SQLite says only that a foreign key failed.
+MISSING_OR_REFERENCED = "violates foreign key constraint|FOREIGN KEY constraint failed"
+
+
+@dataclass
+class Ledger:
+    community_id: uuid.UUID
+    poster_id: uuid.UUID
+    transaction_id: uuid.UUID
+    account_id: uuid.UUID  # named by the transaction's entries
+    spare_account_id: uuid.UUID  # named by no entry
+
+
+async def _ledger(client: AsyncClient, app: FastAPI) -> Ledger:
+    books = await open_books(Api(client, app), members=3, logins=False)
+    a, b, spare = books.members
+    posted = await post(client, books.id, books.admin, [(a.account_id, 30), (b.account_id, -30)])
+    async with app.state.sessionmaker() as session:
+        poster = await session.scalar(
+            select(Transaction.posted_by_user_id).where(Transaction.id == uuid.UUID(posted["id"]))
+        )
+    assert poster is not None
+    return Ledger(
+        community_id=uuid.UUID(books.id),
+        poster_id=poster,
+        transaction_id=uuid.UUID(posted["id"]),
+        account_id=uuid.UUID(a.account_id),
+        spare_account_id=uuid.UUID(spare.account_id),
+    )
+
+
+def _transaction_row(ledger: Ledger, **overrides: Any) -> dict[str, Any]:
+    return {
+        "id": uuid.uuid4(),
+        "community_id": ledger.community_id,
+        "kind": "adjustment",
+        "memo": "",
+        "occurred_on": date(2026, 11, 27),
+        "details": {},
+        "posted_at": utcnow(),
+        "posted_by_user_id": ledger.poster_id,
+        "content_hash": "x",
+        **overrides,
+    }
+
+
+def _entry_rows(transaction_id: uuid.UUID, account_id: uuid.UUID) -> list[dict[str, Any]]:
+    # (Versions far above any the test's postings reach: only the references are in question.)
+    return [
+        {
+            "transaction_id": transaction_id,
+            "account_id": account_id,
+            "amount": amount,
+            "balance_after": amount,
+            "account_version": 1_000 + n,
+            "posted_at": utcnow(),
+        }
+        for n, amount in enumerate((5, -5))
+    ]
+
+
+async def _refused(
+    app: FastAPI,
+    statement: Executable,
+    rows: list[dict[str, Any]] | None = None,
+    *,
+    match: str = MISSING_OR_REFERENCED,
+    error: type[DBAPIError] = IntegrityError,
+) -> None:
+    """``statement`` fails with ``error`` matching ``match``, and the books are as before."""
+    before = await books_snapshot(app)
+    async with app.state.engine.connect() as connection:
+        with pytest.raises(error, match=match):
+            await connection.execute(statement, rows)
+        await connection.rollback()
+    assert await books_snapshot(app) == before
+
+
+async def test_an_entry_naming_a_missing_account_or_transaction_is_refused(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    ledger = await _ledger(client, app)
+    missing = uuid.uuid4()
+
+    async with app.state.engine.connect() as connection:
+        # The same rows naming rows that exist are accepted (then rolled back).
+        await connection.execute(
+            insert(Entry), _entry_rows(ledger.transaction_id, ledger.spare_account_id)
+        )
+        await connection.rollback()
+    for transaction_id, account_id in (
+        (ledger.transaction_id, missing),
+        (missing, ledger.spare_account_id),
+    ):
+        await _refused(app, insert(Entry), _entry_rows(transaction_id, account_id))
+    if app.state.engine.dialect.name == "postgresql":
+        # The report names the reference and the key, as a foreign key's does.
+        async with app.state.engine.connect() as connection:
+            with pytest.raises(IntegrityError) as refusal:
+                await connection.execute(insert(Entry), _entry_rows(ledger.transaction_id, missing))
+            await connection.rollback()
+        cause = refusal.value.orig.__cause__  # type: ignore[union-attr]
+        assert cause.constraint_name == "fk_entries_account_id_accounts"  # type: ignore[union-attr]
+        assert cause.detail == (  # type: ignore[union-attr]
+            f'Key (account_id)=({missing}) is not present in table "accounts".'
+        )
+
+
+async def test_a_transaction_naming_a_missing_community_or_poster_is_refused(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    ledger = await _ledger(client, app)
+    async with app.state.engine.connect() as connection:
+        # The same row naming rows that exist, and one naming no poster, are accepted.
+        await connection.execute(
+            insert(Transaction),
+            [_transaction_row(ledger), _transaction_row(ledger, posted_by_user_id=None)],
+        )
+        await connection.rollback()
+    for column in ("community_id", "posted_by_user_id"):
+        row = _transaction_row(ledger, **{column: uuid.uuid4()})
+        await _refused(app, insert(Transaction), [row])
+
+
+async def test_a_row_the_ledger_names_is_neither_deleted_nor_renumbered(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    ledger = await _ledger(client, app)
+    new_id = uuid.uuid4()
+    for table, row_id in (
+        (Account, ledger.account_id),
+        (Community, ledger.community_id),
+        (User, ledger.poster_id),
+    ):
+        await _refused(app, delete(table).where(table.id == row_id))
+        await _refused(app, update(table).where(table.id == row_id).values(id=new_id))
+
+
+async def test_a_row_the_ledger_does_not_name_can_still_be_deleted(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """The guard refuses only what a foreign key would: a user who never posted goes."""
+    await _ledger(client, app)
+    user = expect(
+        await client.post(
+            "/v1/users", json={"email": "never-posted@example.org", "password": "long enough pw"}
+        ),
+        201,
+    )
+    async with app.state.engine.begin() as connection:
+        deleted = await connection.execute(delete(User).where(User.id == uuid.UUID(user["id"])))
+    assert deleted.rowcount == 1
+
+
+@pytest.mark.postgres_only
+async def test_truncating_a_table_the_ledger_names_is_refused(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    await _ledger(client, app)
+    for table in ("accounts", "communities", "users"):
+        await _refused(
+            app,
+            text(f"TRUNCATE {table} CASCADE"),
+            match="cannot truncate a table referenced in a foreign key constraint",
+            error=DBAPIError,  # (SQLSTATE 0A000, as a foreign key's refusal)
+        )
+
+
+@pytest.mark.postgres_only
+async def test_deleting_a_named_row_outside_read_committed_is_refused(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """A REPEATABLE READ snapshot can be older than a posting that names the row; the guard
+    cannot look past its snapshot, so it refuses to run there at all."""
+    ledger = await _ledger(client, app)
+    before = await books_snapshot(app)
+    async with app.state.engine.connect() as connection:
+        await connection.execution_options(isolation_level="REPEATABLE READ")
+        with pytest.raises(DBAPIError, match="runs under READ COMMITTED only"):
+            await connection.execute(delete(Account).where(Account.id == ledger.spare_account_id))
+        await connection.rollback()
+    assert await books_snapshot(app) == before
+
+
+async def _waiting_for_a_lock(connection: AsyncConnection) -> None:
+    """Until another session of this database waits for a lock."""
+    waiting = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock'"
+    )
+    with anyio.fail_after(10):
+        for _poll in iter(int, 1):  # (polled: the server says nothing when a session waits)
+            found = await connection.scalar(waiting)
+            await connection.rollback()  # (a transaction sees one snapshot of the activity)
+            if found:
+                return
+            await anyio.sleep(0.01)
+
+
+async def _race(
+    app: FastAPI, first: Callable[[AsyncConnection], Awaitable[object]], second_sql: Any
+) -> BaseException | None:
+    """``first`` runs and holds its transaction open; ``second_sql`` starts on another
+    connection and must wait for it; ``first`` commits; what ``second_sql`` raised."""
+    outcome: list[BaseException | None] = []
+
+    async def second() -> None:
+        async with app.state.engine.connect() as connection:
+            try:
+                await connection.execute(second_sql)
+                await connection.commit()
+                outcome.append(None)
+            except DBAPIError as error:
+                outcome.append(error)
+
+    async with (
+        app.state.engine.connect() as holder,
+        app.state.engine.connect() as watcher,
+        anyio.create_task_group() as tasks,
+    ):
+        await first(holder)
+        tasks.start_soon(second)
+        await _waiting_for_a_lock(watcher)
+        assert not outcome, "the second session did not wait"
+        await holder.commit()
+    return outcome[0]
+
+
+@pytest.mark.postgres_only
+async def test_a_delete_racing_a_posting_that_names_the_row_is_refused_whichever_comes_first(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    ledger = await _ledger(client, app)
+    fresh = _transaction_row(ledger)
+
+    async def posting(connection: AsyncConnection) -> None:
+        await connection.execute(insert(Transaction), [fresh])
+        await connection.execute(insert(Entry), _entry_rows(fresh["id"], ledger.spare_account_id))
+
+    # The posting first: the delete waits for it, then sees its committed entries.
+    error = await _race(app, posting, delete(Account).where(Account.id == ledger.spare_account_id))
+    assert isinstance(error, IntegrityError), error
+    assert "fk_entries_account_id_accounts" in str(error)
+
+    # The delete first (of an account no entry names yet): the posting's check waits for it,
+    # then finds the account gone.
+    async with app.state.sessionmaker() as session:
+        other = await session.scalar(
+            select(Account.id).where(
+                Account.community_id == ledger.community_id,
+                Account.id.not_in([ledger.account_id, ledger.spare_account_id]),
+                Account.kind == "member",
+                Account.version == 0,
+            )
+        )
+    assert other is not None
+    late = _transaction_row(ledger)
+
+    async def deletion(connection: AsyncConnection) -> None:
+        await connection.execute(delete(Account).where(Account.id == other))
+
+    statement = text(
+        "WITH t AS (INSERT INTO transactions (id, community_id, kind, memo, occurred_on, "
+        "details, posted_at, posted_by_user_id, content_hash) VALUES (:id, :community, "
+        "'adjustment', '', CURRENT_DATE, '{}', now(), :user, 'x')) "
+        "INSERT INTO entries (transaction_id, account_id, amount, balance_after, "
+        "account_version, posted_at) VALUES (:id, :account, 5, 5, 1000, now())"
+    ).bindparams(id=late["id"], community=ledger.community_id, user=ledger.poster_id, account=other)
+    error = await _race(app, deletion, statement)
+    assert isinstance(error, IntegrityError), error
+    assert "fk_entries_account_id_accounts" in str(error)
+    async with app.state.sessionmaker() as session:
+        assert (
+            await session.scalar(
+                select(func.count()).select_from(Account).where(Account.id == other)
+            )
+            == 0
+        )
+        assert (
+            await session.scalar(
+                select(func.count()).select_from(Entry).where(Entry.account_id == other)
+            )
+            == 0
+        )

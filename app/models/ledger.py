@@ -31,13 +31,15 @@ from app.models.base import Base, BigInt, CreatedAtMixin, IdMixin, JSONDocument
 # on the referenced tables, instead of by a foreign key checked row by row (migration 0014:
 # the per-row checks were about 45 % of a batch's database work). The models declare them all
 # the same: SQLite keeps them as foreign keys, SQLAlchemy orders inserts by them, and
-# migrations/env.py leaves these four out of ``alembic check`` on PostgreSQL.
+# migrations/env.py leaves these six out of ``alembic check`` on PostgreSQL.
 STATEMENT_CHECKED_REFERENCES = frozenset(
     {
         "fk_entries_account_id_accounts",
         "fk_entries_transaction_id_transactions",
         "fk_transactions_community_id_communities",
         "fk_transactions_posted_by_user_id_users",
+        "fk_transactions_posted_by_client_id_api_clients",
+        "fk_transactions_reverses_id_transactions",
     }
 )
 

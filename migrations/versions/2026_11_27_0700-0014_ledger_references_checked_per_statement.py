@@ -1,25 +1,28 @@
-"""PostgreSQL: the ledger's four busiest references are checked once per statement, not per row.
+"""PostgreSQL: the ledger's references are checked once per statement, not once per row.
 
-A posting inserts a transaction and its entries, and four foreign keys checked every row:
-entries' account and transaction, transactions' community and poster. PostgreSQL checks a
-foreign key with one query per inserted row, run through its internal query interface: 6,000
-queries for a batch of 1,000 transfers, about 45 % of the database's work on the batch's
-write (EXPLAIN ANALYZE of the write statement, 59-72 ms with them, 31-37 ms without).
+A posting inserts a transaction and its entries. Six foreign keys were checked on every row:
+entries' account and transaction, and transactions' community, poster (a user or a partner
+client) and reversed transaction. PostgreSQL checks a foreign key with one query per inserted
+row, run through its internal query interface; a NULL reference still costs a trigger call.
+For a batch of 1,000 transfers that is 6,000 queries and 2,000 more calls. They were about
+45 % of the database's work on the batch's write (EXPLAIN ANALYZE of the write statement:
+59-72 ms with them, 31-37 ms without).
 
-Those four constraints give way to triggers that check the same promise over all of a
-statement's rows at once (transition tables), in one query per reference:
+These constraints give way to triggers that keep the same promise over all of a statement's
+rows at once (transition tables), with one query per reference:
 
-- *Child side* (``ledger_check_entry_references``, ``ledger_check_transaction_references``,
-  AFTER INSERT FOR EACH STATEMENT): every inserted entry names an account and a transaction
-  that exist, every inserted transaction a community and (when it names one) a user. The
-  account, community and user rows are locked FOR KEY SHARE until the end of the transaction,
-  as a foreign key's check locks them, so nobody can delete them meanwhile. A transaction row
-  is not locked: transactions are append-only (migration 0001's triggers refuse UPDATE,
-  DELETE and TRUNCATE), so one that exists stays.
-- *Parent side* (``ledger_keep_referenced``, on accounts, communities and users): deleting a
-  row, or changing its id, is refused while a ledger row names it (AFTER DELETE / UPDATE OF id
-  FOR EACH ROW), and TRUNCATE is refused while the ledger table holds any row (BEFORE
-  TRUNCATE), as a foreign key without ON DELETE refuses them.
+- *Child side* (``ledger_check_entry_references`` and
+  ``ledger_check_transaction_references``, AFTER INSERT FOR EACH STATEMENT). Every inserted
+  entry names an account and a transaction that exist. Every inserted transaction names a
+  community that exists, and, where it names them, a user, a partner client and a reversed
+  transaction that exist. The account, community, user and client rows are locked FOR KEY
+  SHARE until the end of the transaction, as a foreign key's check locks them, so nobody can
+  delete them meanwhile. Transaction rows are not locked: transactions are append-only
+  (migration 0001's triggers refuse UPDATE, DELETE and TRUNCATE), so one that exists stays.
+- *Parent side* (``ledger_keep_referenced``, on accounts, communities, users and api_clients).
+  Deleting a row, or changing its id, is refused while a ledger row names it (AFTER DELETE
+  and AFTER UPDATE OF id, FOR EACH ROW). TRUNCATE is refused while the ledger table holds a
+  row naming any (BEFORE TRUNCATE). A foreign key without ON DELETE refuses the same.
 
 Why the two sides together keep the promise under concurrency, as PostgreSQL's own checks do:
 a delete of a parent and an insert naming it meet on the parent's row lock. If the insert's
@@ -29,14 +32,15 @@ committed child and refuses. If the delete comes first, the insert's lock waits 
 the row gone, and the insert is refused. PostgreSQL's own checks also cover a delete under
 REPEATABLE READ, whose snapshot can be older than the child's commit, with a second snapshot
 that a trigger cannot take: so the parent-side trigger refuses to delete or truncate under
-any isolation but READ COMMITTED. The service never deletes these rows (members and accounts
-are closed, not deleted); an operator who must, deletes them under the default isolation.
+any isolation but READ COMMITTED. The service never deletes these rows (accounts are closed and
+partner clients revoked, not deleted); an operator who must, deletes them under the default
+isolation.
 
 The triggers raise what a foreign key raises: SQLSTATE 23503 (foreign_key_violation) with the
 constraint's former name, table and key in the message and detail, and for TRUNCATE 0A000.
 They are ordinary triggers, so ``session_replication_role = replica`` skips them as it skips
 foreign keys. SQLite keeps its foreign keys (each a cheap index probe inside the process); the
-models keep declaring all four references, and ``migrations/env.py`` leaves the four out of
+models keep declaring all six references, and ``migrations/env.py`` leaves these six out of
 ``alembic check`` on PostgreSQL (``app.models.ledger.STATEMENT_CHECKED_REFERENCES``).
 
 The downgrade puts the foreign keys back NOT VALID and then validates them, so the table scan
@@ -62,6 +66,13 @@ REFERENCES = (
     ("fk_entries_transaction_id_transactions", "entries", "transaction_id", "transactions"),
     ("fk_transactions_community_id_communities", "transactions", "community_id", "communities"),
     ("fk_transactions_posted_by_user_id_users", "transactions", "posted_by_user_id", "users"),
+    (
+        "fk_transactions_posted_by_client_id_api_clients",
+        "transactions",
+        "posted_by_client_id",
+        "api_clients",
+    ),
+    ("fk_transactions_reverses_id_transactions", "transactions", "reverses_id", "transactions"),
 )
 # (table, trigger function, transition table): the child-side checks.
 CHILD_CHECKS = (

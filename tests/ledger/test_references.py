@@ -1,5 +1,6 @@
 """The ledger's rows always name rows that exist: an entry its account and its transaction, a
-transaction its community and the user who posted it. Whoever writes, the database refuses a
+transaction its community, the user or partner client who posted it and the transaction it
+reverses. Whoever writes, the database refuses a
 row naming a missing one, and refuses to delete (or renumber) a row the ledger names.
 
 SQLite checks these with foreign keys. PostgreSQL checks them with triggers over each
@@ -24,9 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Executable
 
 from app.core.clock import utcnow
-from app.models import Account, Community, Entry, Transaction, User
+from app.models import Account, ApiClient, Community, Entry, Transaction, User
 from tests.factories import Api, expect
-from tests.ledger.helpers import books_snapshot, open_books, post
+from tests.ledger.helpers import books_snapshot, open_books, partner_headers, post
 
 pytestmark = pytest.mark.anyio
 
@@ -38,6 +39,7 @@ MISSING_OR_REFERENCED = "violates foreign key constraint|FOREIGN KEY constraint 
 class Ledger:
     community_id: uuid.UUID
     poster_id: uuid.UUID
+    client_id: uuid.UUID  # the partner client that posted the second transaction
     transaction_id: uuid.UUID
     account_id: uuid.UUID  # named by the transaction's entries
     spare_account_id: uuid.UUID  # named by no entry
@@ -47,14 +49,35 @@ async def _ledger(client: AsyncClient, app: FastAPI) -> Ledger:
     books = await open_books(Api(client, app), members=3, logins=False)
     a, b, spare = books.members
     posted = await post(client, books.id, books.admin, [(a.account_id, 30), (b.account_id, -30)])
+    partner = await partner_headers(client, books.id, books.admin, ["ledger:write"])
+    by_partner = expect(
+        await client.post(
+            f"/v1/communities/{books.id}/transactions",
+            json={
+                "entries": [
+                    {"account_id": b.account_id, "minutes": 10},
+                    {"account_id": a.account_id, "minutes": -10},
+                ]
+            },
+            headers={**partner, "Idempotency-Key": str(uuid.uuid4())},
+        ),
+        201,
+    )
     async with app.state.sessionmaker() as session:
         poster = await session.scalar(
             select(Transaction.posted_by_user_id).where(Transaction.id == uuid.UUID(posted["id"]))
         )
+        partner_id = await session.scalar(
+            select(Transaction.posted_by_client_id).where(
+                Transaction.id == uuid.UUID(by_partner["id"])
+            )
+        )
     assert poster is not None
+    assert partner_id is not None
     return Ledger(
         community_id=uuid.UUID(books.id),
         poster_id=poster,
+        client_id=partner_id,
         transaction_id=uuid.UUID(posted["id"]),
         account_id=uuid.UUID(a.account_id),
         spare_account_id=uuid.UUID(spare.account_id),
@@ -138,7 +161,7 @@ async def test_an_entry_naming_a_missing_account_or_transaction_is_refused(
         )
 
 
-async def test_a_transaction_naming_a_missing_community_or_poster_is_refused(
+async def test_a_transaction_naming_a_missing_community_poster_or_original_is_refused(
     client: AsyncClient, app: FastAPI
 ) -> None:
     ledger = await _ledger(client, app)
@@ -149,9 +172,13 @@ async def test_a_transaction_naming_a_missing_community_or_poster_is_refused(
             [_transaction_row(ledger), _transaction_row(ledger, posted_by_user_id=None)],
         )
         await connection.rollback()
-    for column in ("community_id", "posted_by_user_id"):
-        row = _transaction_row(ledger, **{column: uuid.uuid4()})
-        await _refused(app, insert(Transaction), [row])
+    for missing in (
+        {"community_id": uuid.uuid4()},
+        {"posted_by_user_id": uuid.uuid4()},
+        {"posted_by_user_id": None, "posted_by_client_id": uuid.uuid4()},
+        {"kind": "reversal", "reverses_id": uuid.uuid4()},
+    ):
+        await _refused(app, insert(Transaction), [_transaction_row(ledger, **missing)])
 
 
 async def test_a_row_the_ledger_names_is_neither_deleted_nor_renumbered(
@@ -163,6 +190,7 @@ async def test_a_row_the_ledger_names_is_neither_deleted_nor_renumbered(
         (Account, ledger.account_id),
         (Community, ledger.community_id),
         (User, ledger.poster_id),
+        (ApiClient, ledger.client_id),
     ):
         await _refused(app, delete(table).where(table.id == row_id))
         await _refused(app, update(table).where(table.id == row_id).values(id=new_id))
@@ -189,7 +217,7 @@ async def test_truncating_a_table_the_ledger_names_is_refused(
     client: AsyncClient, app: FastAPI
 ) -> None:
     await _ledger(client, app)
-    for table in ("accounts", "communities", "users"):
+    for table in ("accounts", "communities", "users", "api_clients"):
         await _refused(
             app,
             text(f"TRUNCATE {table} CASCADE"),

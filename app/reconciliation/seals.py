@@ -916,19 +916,26 @@ def filtered_counts(plan: Any) -> tuple[int, int] | None:
     """(rows, fresh rows) from the EXPLAIN ANALYZE of _FILTERED_COUNT (its JSON, as text or
     decoded), when the plan is one sequential scan of the table, executed once: the rows it
     returned are the fresh ones, those its filter removed the others. Else None (a plan with
-    workers, say, reports its nodes' rows per loop, rounded)."""
+    workers, say, reports its nodes' rows per loop, rounded). (PostgreSQL 18 prints rows
+    with two decimals: a whole number so printed is taken as the number.)"""
     document = json.loads(plan) if isinstance(plan, str) else plan
     node = document[0]["Plan"]
-    fresh, old = node.get("Actual Rows"), node.get("Rows Removed by Filter")
+    fresh, old = _whole(node.get("Actual Rows")), _whole(node.get("Rows Removed by Filter"))
     if (
         node.get("Node Type") != "Seq Scan"
         or node.get("Actual Loops") != 1
         or "Plans" in node
-        or not isinstance(fresh, int)
-        or not isinstance(old, int)
+        or fresh is None
+        or old is None
     ):
         return None
     return fresh + old, fresh
+
+
+def _whole(number: Any) -> int | None:
+    if isinstance(number, bool) or not isinstance(number, int | float):
+        return None
+    return int(number) if number >= 0 and float(number).is_integer() else None
 
 
 _ROWS = text(

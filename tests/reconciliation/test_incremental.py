@@ -606,6 +606,11 @@ def test_counts_are_taken_from_the_scan_node_only_when_it_is_the_whole_plan() ->
     assert seals.filtered_counts(json.dumps([{"Plan": scan | {"Rows Removed by Filter": 97}}]))
     assert seals.filtered_counts([{"Plan": scan | {"Rows Removed by Filter": 97}}]) == (100, 3)
     assert seals.filtered_counts([{"Plan": scan}]) is None  # (no filter)
+    # (PostgreSQL 18 prints rows with two decimals.)
+    printed = {"Actual Rows": 3.0, "Rows Removed by Filter": 97.0}
+    assert seals.filtered_counts([{"Plan": scan | printed}]) == (100, 3)
+    halves = {"Actual Rows": 2.5, "Rows Removed by Filter": 97.0}
+    assert seals.filtered_counts([{"Plan": scan | halves}]) is None
     workers = scan | {"Actual Loops": 3, "Rows Removed by Filter": 32}
     gather = {"Node Type": "Gather", "Actual Rows": 3, "Actual Loops": 1, "Plans": [workers]}
     assert seals.filtered_counts([{"Plan": gather}]) is None

@@ -38,13 +38,18 @@ isolation.
 
 The triggers raise what a foreign key raises: SQLSTATE 23503 (foreign_key_violation) with the
 constraint's former name, table and key in the message and detail, and for TRUNCATE 0A000.
-They are ordinary triggers, so ``session_replication_role = replica`` skips them as it skips
-foreign keys. SQLite keeps its foreign keys (each a cheap index probe inside the process); the
+They are ordinary triggers, so ``session_replication_role = replica`` skips them, as it skips
+foreign keys' checks; unlike a foreign key, it skips the TRUNCATE check too. SQLite keeps its foreign keys (each a cheap index probe inside the process); the
 models keep declaring all six references, and ``migrations/env.py`` leaves these six out of
 ``alembic check`` on PostgreSQL (``app.models.ledger.STATEMENT_CHECKED_REFERENCES``).
 
-The downgrade puts the foreign keys back NOT VALID and then validates them, so the table scan
-of the validation does not block postings.
+The triggers name every table they read with its schema, so a temporary table of the same
+name cannot stand in for it.
+
+The downgrade first looks for rows naming a missing row (written with the triggers skipped)
+and stops, naming one, before it changes anything. Then it puts the foreign keys back NOT
+VALID and validates them after the commit, so the table scan of the validation does not
+block postings.
 
 Revision ID: 0014
 Revises: 0013
@@ -88,7 +93,7 @@ GUARDED_PARENTS = tuple(r for r in REFERENCES if r[3] != "transactions")
 _MISSING = """
     SELECT n.{column}::text INTO v_missing
       FROM {new} n
-      LEFT JOIN LATERAL (SELECT p.id FROM {parent} p WHERE p.id = n.{column}{lock}) p ON true
+      LEFT JOIN LATERAL (SELECT p.id FROM {schema}.{parent} p WHERE p.id = n.{column}{lock}) p ON true
      WHERE n.{column} IS NOT NULL AND p.id IS NULL
      LIMIT 1;
     IF FOUND THEN
@@ -99,13 +104,14 @@ _MISSING = """
     END IF;"""
 
 
-def _child_check(table: str, function: str, new: str) -> list[str]:
+def _child_check(schema: str, table: str, function: str, new: str) -> list[str]:
     checks = "".join(
         _MISSING.format(
             name=name,
             table=table,
             column=column,
             parent=parent,
+            schema=schema,
             new=new,
             lock="" if parent == "transactions" else " FOR KEY SHARE",
         )
@@ -141,8 +147,8 @@ BEGIN
                                   'must see the latest committed rows.', TG_ARGV[0], TG_ARGV[2]);
     END IF;
     IF TG_OP = 'TRUNCATE' THEN
-        EXECUTE format('SELECT EXISTS (SELECT FROM %I WHERE %I IS NOT NULL)', TG_ARGV[0],
-                       TG_ARGV[1]) INTO v_referenced;
+        EXECUTE format('SELECT EXISTS (SELECT FROM %I.%I WHERE %I IS NOT NULL)', TG_TABLE_SCHEMA,
+                       TG_ARGV[0], TG_ARGV[1]) INTO v_referenced;
         IF v_referenced THEN
             RAISE EXCEPTION 'cannot truncate a table referenced in a foreign key constraint'
                 USING ERRCODE = 'feature_not_supported',
@@ -151,7 +157,8 @@ BEGIN
         END IF;
         RETURN NULL;
     END IF;
-    EXECUTE format('SELECT EXISTS (SELECT FROM %I WHERE %I = $1)', TG_ARGV[0], TG_ARGV[1])
+    EXECUTE format('SELECT EXISTS (SELECT FROM %I.%I WHERE %I = $1)', TG_TABLE_SCHEMA, TG_ARGV[0],
+                   TG_ARGV[1])
         INTO v_referenced USING OLD.id;
     IF v_referenced THEN
         RAISE EXCEPTION 'update or delete on table "%" violates foreign key constraint "%" on table "%"',
@@ -183,8 +190,11 @@ def _parent_triggers(name: str, child: str, column: str, parent: str) -> list[st
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
+    # Every table the triggers read is named with its schema: a temporary table of the same
+    # name (pg_temp comes first in any search_path) must not stand in for it.
+    schema = op.get_bind().exec_driver_sql("SELECT quote_ident(current_schema())").scalar_one()
     for table, function, new in CHILD_CHECKS:
-        for statement in _child_check(table, function, new):
+        for statement in _child_check(schema, table, function, new):
             op.execute(statement)
     op.execute(KEEP_REFERENCED)
     for reference in GUARDED_PARENTS:
@@ -197,16 +207,31 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
+    # A row written with the triggers skipped (session_replication_role = replica) may name a
+    # missing row. The foreign keys could not be validated then: say which, before any change.
+    for name, child, column, parent in REFERENCES:
+        orphan = (
+            op.get_bind()
+            .exec_driver_sql(
+                f"SELECT c.{column}::text FROM {child} c WHERE c.{column} IS NOT NULL "
+                f"AND NOT EXISTS (SELECT FROM {parent} p WHERE p.id = c.{column}) LIMIT 1"
+            )
+            .scalar()
+        )
+        if orphan is not None:
+            raise RuntimeError(
+                f"cannot restore {name}: {child}.{column} = {orphan} names no row of {parent}"
+            )
     for name, child, column, parent in REFERENCES:
         op.create_foreign_key(name, child, parent, [column], ["id"], postgresql_not_valid=True)
     for name, child, column, parent in GUARDED_PARENTS:
         trigger = f"{parent}_keep_{child}_{column}"
         for event in ("delete", "update", "truncate"):
-            op.execute(f"DROP TRIGGER {trigger}_on_{event} ON {parent}")
-    op.execute("DROP FUNCTION ledger_keep_referenced()")
+            op.execute(f"DROP TRIGGER IF EXISTS {trigger}_on_{event} ON {parent}")
+    op.execute("DROP FUNCTION IF EXISTS ledger_keep_referenced()")
     for table, function, _new in CHILD_CHECKS:
-        op.execute(f"DROP TRIGGER {table}_check_references ON {table}")
-        op.execute(f"DROP FUNCTION {function}()")
+        op.execute(f"DROP TRIGGER IF EXISTS {table}_check_references ON {table}")
+        op.execute(f"DROP FUNCTION IF EXISTS {function}()")
     # (After the commit of the above: validating reads the tables with postings going on.)
     with op.get_context().autocommit_block():
         for name, child, _column, _parent in REFERENCES:

@@ -114,6 +114,40 @@ def _entry_rows(transaction_id: uuid.UUID, account_id: uuid.UUID) -> list[dict[s
     ]
 
 
+async def _lone_parents(client: AsyncClient, app: FastAPI, ledger: Ledger) -> dict[Any, Any]:
+    """A community and a user that only a ledger row names (a committed transaction row),
+    with the reference that must refuse their removal: other tables' foreign keys name the
+    ledger's own community and poster, and would refuse first."""
+    user = expect(
+        await client.post(
+            "/v1/users",
+            json={"email": f"{uuid.uuid4().hex}@example.org", "password": "long enough pw"},
+        ),
+        201,
+    )
+    community_id = uuid.uuid4()
+    async with app.state.sessionmaker() as session, session.begin():
+        session.add(Community(id=community_id, slug=f"lone-{community_id.hex[:8]}", name="Lone"))
+    async with app.state.engine.begin() as connection:
+        row = _transaction_row(
+            ledger, community_id=community_id, posted_by_user_id=uuid.UUID(user["id"])
+        )
+        await connection.execute(insert(Transaction), [row])
+    return {
+        (Account, ledger.account_id): "fk_entries_account_id_accounts",
+        (Community, community_id): "fk_transactions_community_id_communities",
+        (User, uuid.UUID(user["id"])): "fk_transactions_posted_by_user_id_users",
+        (ApiClient, ledger.client_id): "fk_transactions_posted_by_client_id_api_clients",
+    }
+
+
+def _constraint(app: FastAPI, error: BaseException | None) -> str | None:
+    """The constraint PostgreSQL names in ``error`` (SQLite names none)."""
+    if app.state.engine.dialect.name != "postgresql" or not isinstance(error, DBAPIError):
+        return None
+    return getattr(error.orig.__cause__, "constraint_name", None)  # type: ignore[union-attr]
+
+
 async def _refused(
     app: FastAPI,
     statement: Executable,
@@ -121,13 +155,17 @@ async def _refused(
     *,
     match: str = MISSING_OR_REFERENCED,
     error: type[DBAPIError] = IntegrityError,
+    constraint: str | None = None,
 ) -> None:
-    """``statement`` fails with ``error`` matching ``match``, and the books are as before."""
+    """``statement`` fails with ``error`` matching ``match`` (on PostgreSQL naming
+    ``constraint``, when given), and the books are as before."""
     before = await books_snapshot(app)
     async with app.state.engine.connect() as connection:
-        with pytest.raises(error, match=match):
+        with pytest.raises(error, match=match) as refusal:
             await connection.execute(statement, rows)
         await connection.rollback()
+    if constraint is not None and app.state.engine.dialect.name == "postgresql":
+        assert _constraint(app, refusal.value) == constraint, refusal.value
     assert await books_snapshot(app) == before
 
 
@@ -143,11 +181,13 @@ async def test_an_entry_naming_a_missing_account_or_transaction_is_refused(
             insert(Entry), _entry_rows(ledger.transaction_id, ledger.spare_account_id)
         )
         await connection.rollback()
-    for transaction_id, account_id in (
-        (ledger.transaction_id, missing),
-        (missing, ledger.spare_account_id),
+    for transaction_id, account_id, constraint in (
+        (ledger.transaction_id, missing, "fk_entries_account_id_accounts"),
+        (missing, ledger.spare_account_id, "fk_entries_transaction_id_transactions"),
     ):
-        await _refused(app, insert(Entry), _entry_rows(transaction_id, account_id))
+        await _refused(
+            app, insert(Entry), _entry_rows(transaction_id, account_id), constraint=constraint
+        )
     if app.state.engine.dialect.name == "postgresql":
         # The report names the reference and the key, as a foreign key's does.
         async with app.state.engine.connect() as connection:
@@ -172,13 +212,24 @@ async def test_a_transaction_naming_a_missing_community_poster_or_original_is_re
             [_transaction_row(ledger), _transaction_row(ledger, posted_by_user_id=None)],
         )
         await connection.rollback()
-    for missing in (
-        {"community_id": uuid.uuid4()},
-        {"posted_by_user_id": uuid.uuid4()},
-        {"posted_by_user_id": None, "posted_by_client_id": uuid.uuid4()},
-        {"kind": "reversal", "reverses_id": uuid.uuid4()},
+    for missing, constraint in (
+        ({"community_id": uuid.uuid4()}, "fk_transactions_community_id_communities"),
+        ({"posted_by_user_id": uuid.uuid4()}, "fk_transactions_posted_by_user_id_users"),
+        (
+            {"posted_by_user_id": None, "posted_by_client_id": uuid.uuid4()},
+            "fk_transactions_posted_by_client_id_api_clients",
+        ),
+        (
+            {"kind": "reversal", "reverses_id": uuid.uuid4()},
+            "fk_transactions_reverses_id_transactions",
+        ),
     ):
-        await _refused(app, insert(Transaction), [_transaction_row(ledger, **missing)])
+        await _refused(
+            app,
+            insert(Transaction),
+            [_transaction_row(ledger, **missing)],
+            constraint=constraint,
+        )
 
 
 async def test_a_row_the_ledger_names_is_neither_deleted_nor_renumbered(
@@ -186,14 +237,13 @@ async def test_a_row_the_ledger_names_is_neither_deleted_nor_renumbered(
 ) -> None:
     ledger = await _ledger(client, app)
     new_id = uuid.uuid4()
-    for table, row_id in (
-        (Account, ledger.account_id),
-        (Community, ledger.community_id),
-        (User, ledger.poster_id),
-        (ApiClient, ledger.client_id),
-    ):
-        await _refused(app, delete(table).where(table.id == row_id))
-        await _refused(app, update(table).where(table.id == row_id).values(id=new_id))
+    for (table, row_id), constraint in (await _lone_parents(client, app, ledger)).items():
+        await _refused(app, delete(table).where(table.id == row_id), constraint=constraint)
+        await _refused(
+            app,
+            update(table).where(table.id == row_id).values(id=new_id),
+            constraint=constraint,
+        )
 
 
 async def test_a_row_the_ledger_does_not_name_can_still_be_deleted(
@@ -216,22 +266,51 @@ async def test_a_row_the_ledger_does_not_name_can_still_be_deleted(
 async def test_truncating_a_table_the_ledger_names_is_refused(
     client: AsyncClient, app: FastAPI
 ) -> None:
-    await _ledger(client, app)
-    for table in ("accounts", "communities", "users", "api_clients"):
+    ledger = await _ledger(client, app)
+    for (table, _row_id), constraint in (await _lone_parents(client, app, ledger)).items():
+        # (CASCADE: the other tables' foreign keys are not in question. The named table's
+        # own trigger runs first, and says which ledger reference it keeps.)
         await _refused(
             app,
-            text(f"TRUNCATE {table} CASCADE"),
+            text(f"TRUNCATE {table.__tablename__} CASCADE"),
             match="cannot truncate a table referenced in a foreign key constraint",
             error=DBAPIError,  # (SQLSTATE 0A000, as a foreign key's refusal)
         )
+        async with app.state.engine.connect() as connection:
+            with pytest.raises(DBAPIError) as refusal:
+                await connection.execute(text(f"TRUNCATE {table.__tablename__} CASCADE"))
+            await connection.rollback()
+        assert constraint in refusal.value.orig.__cause__.detail  # type: ignore[union-attr]
 
 
 @pytest.mark.postgres_only
-async def test_deleting_a_named_row_outside_read_committed_is_refused(
+async def test_a_temporary_table_cannot_stand_in_for_a_referenced_one(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """The checks name their tables with the schema: pg_temp, first in any search_path, does
+    not hide the real accounts or entries."""
+    ledger = await _ledger(client, app)
+    missing = uuid.uuid4()
+    async with app.state.engine.connect() as connection:
+        await connection.execute(text("CREATE TEMP TABLE accounts (id uuid)"))
+        await connection.execute(text("INSERT INTO accounts VALUES (:id)"), {"id": missing})
+        with pytest.raises(IntegrityError):
+            await connection.execute(insert(Entry), _entry_rows(ledger.transaction_id, missing))
+        await connection.rollback()
+    async with app.state.engine.connect() as connection:
+        await connection.execute(text("CREATE TEMP TABLE entries (account_id uuid)"))
+        with pytest.raises(IntegrityError):
+            await connection.execute(delete(Account).where(Account.id == ledger.account_id))
+        await connection.rollback()
+
+
+@pytest.mark.postgres_only
+async def test_any_delete_of_a_referenced_table_outside_read_committed_is_refused(
     client: AsyncClient, app: FastAPI
 ) -> None:
     """A REPEATABLE READ snapshot can be older than a posting that names the row; the guard
-    cannot look past its snapshot, so it refuses to run there at all."""
+    cannot look past its snapshot, so it refuses to run there at all, even for a row that
+    nothing names yet."""
     ledger = await _ledger(client, app)
     before = await books_snapshot(app)
     async with app.state.engine.connect() as connection:

@@ -15,6 +15,7 @@ from alembic import command
 from alembic.config import Config
 
 from app.core.config import get_settings
+from app.core.worker_load import create_board
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 OPENAPI_PATH = PROJECT_ROOT / "openapi" / "openapi.json"
@@ -47,16 +48,22 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     if not args.no_migrate:
         migrate()
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        proxy_headers=True,
-        access_log=False,
-        log_level="warning",
-    )
+    # Several workers share a board of their requests in flight (app/core/worker_load.py).
+    board = create_board(args.workers) if args.workers > 1 else None
+    try:
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            proxy_headers=True,
+            access_log=False,
+            log_level="warning",
+        )
+    finally:
+        if board is not None:
+            board.unlink(missing_ok=True)
     return 0
 
 

@@ -28,6 +28,7 @@ from app.core.keepalive import KeepAliveLimitMiddleware
 from app.core.observability import Metrics, RequestContextMiddleware, configure_logging
 from app.core.runtime import freeze_startup_objects
 from app.core.security import PasswordService, TokenService
+from app.core.worker_load import WorkerLoad
 from app.exchanges.router import router as exchanges_router
 from app.identity.auth import AuthServices
 from app.identity.login_throttle import LoginThrottle
@@ -144,7 +145,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_request_body_bytes
     )
-    app.add_middleware(KeepAliveLimitMiddleware, max_requests=settings.keepalive_requests)
+    app.add_middleware(
+        KeepAliveLimitMiddleware,
+        max_requests=settings.keepalive_requests,
+        load=WorkerLoad.from_environment(),
+    )
 
     app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]
     app.include_router(auth_router)
